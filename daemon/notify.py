@@ -1,0 +1,59 @@
+"""sd_notify: READY, STATUS, WATCHDOG and STOPPING for systemd ``Type=notify``.
+
+The watchdog ping is sent only by :meth:`Notifier.cycle_done`, which the main
+loop calls after a decision cycle that completed in time; a wedged loop
+therefore stops pinging and systemd restarts the daemon.
+"""
+
+from __future__ import annotations
+
+import os
+
+from systemd import daemon as sd_daemon
+
+
+class Notifier:
+    def __init__(self, environ: dict[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        self.enabled = bool(env.get("NOTIFY_SOCKET"))
+        self.watchdog_interval: float | None = None
+        usec = env.get("WATCHDOG_USEC")
+        pid = env.get("WATCHDOG_PID")
+        if usec and (not pid or pid == str(os.getpid())):
+            try:
+                self.watchdog_interval = int(usec) / 1e6
+            except ValueError:
+                self.watchdog_interval = None
+        self._last_ping = float("-inf")
+        self._last_status = ""
+
+    def _send(self, text: str) -> None:
+        if self.enabled:
+            sd_daemon.notify(text)
+
+    def ready(self, status: str) -> None:
+        self._last_status = status
+        self._send(f"READY=1\nSTATUS={status}\nMAINPID={os.getpid()}")
+
+    def status(self, text: str) -> None:
+        if text != self._last_status:
+            self._last_status = text
+            self._send(f"STATUS={text}")
+
+    def reloading(self) -> None:
+        self._send("RELOADING=1")
+
+    def reloaded(self, status: str) -> None:
+        self._last_status = status
+        self._send(f"READY=1\nSTATUS={status}")
+
+    def stopping(self, status: str = "stopping") -> None:
+        self._send(f"STOPPING=1\nSTATUS={status}")
+
+    def cycle_done(self, now: float) -> bool:
+        """Ping the watchdog if half its period has passed; returns True when sent."""
+        if self.watchdog_interval is None or now - self._last_ping < self.watchdog_interval / 2:
+            return False
+        self._last_ping = now
+        self._send("WATCHDOG=1")
+        return True
