@@ -23,3 +23,25 @@ def lab_configs(tmp_path: Path) -> tuple[Path, Path]:
 def require_root() -> None:
     if os.geteuid() != 0:
         pytest.fail("this test needs root (CI runs as root)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_stale_labs() -> None:
+    """Namespaces left by a test process that died (killed CI job, crash)."""
+    if os.geteuid() == 0:
+        from clever_cluster.sim import netns
+
+        netns.cleanup_stale()
+
+
+@pytest.fixture
+def netlab():
+    """A network-namespace lab that is removed after the test, pass or fail."""
+    require_root()
+    from clever_cluster.sim import netns
+
+    lab = netns.Lab()
+    try:
+        yield lab
+    finally:
+        lab.close()
