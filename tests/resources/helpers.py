@@ -118,7 +118,7 @@ class ConnProxy:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conn, name)
 
-    def lookupByName(self, name: str) -> Any:  # noqa: N802 - libvirt's name
+    def lookupByName(self, name: str) -> Any:
         return DomProxy(self._conn.lookupByName(name), self._faults)
 
 
@@ -174,3 +174,12 @@ class DomainFaults:
 
     def in_create(self) -> DomainFaults._Guard:
         return DomainFaults._Guard(self)
+
+
+async def until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``predicate`` on the event loop until it is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(0.02)

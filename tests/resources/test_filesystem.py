@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -19,8 +22,13 @@ from tests.resources.conftest import Ext4
 from tests.resources.helpers import Gate, SimDrbd
 
 pytestmark = pytest.mark.root
+T = TypeVar("T")
 
 START = StartRequest(token="t", takeover="cold_start")
+
+
+def run(aw: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(aw)
 
 
 class Ctx:
@@ -56,30 +64,30 @@ def test_parse_mountinfo_unescapes_and_keeps_order() -> None:
         ("/", "/dev/sda1", os.makedev(8, 1)), ("/srv/my vms", "/dev/loop3", os.makedev(7, 3)), ("/srv/my vms", "tmpfs", os.makedev(0, 40))]
 
 
-async def test_mount_is_idempotent_and_unmount_too(ext4: Ext4) -> None:
+def test_mount_is_idempotent_and_unmount_too(ext4: Ext4) -> None:
     fs = ext4.filesystem()
     assert not fs.state().mounted and fs.replicated_dev() is None
     ctx = Ctx()
-    await fs.start(ctx)
+    run(fs.start(ctx))
     assert fs.state().mounted
     assert fs.replicated_dev() == os.stat(ext4.mountpoint).st_dev == os.stat(ext4.device).st_rdev
     (ext4.mountpoint / "data").write_text("vm disk")
-    await fs.start(ctx)
+    run(fs.start(ctx))
     assert ctx.notes[-1].endswith("already mounted")
-    await fs.stop(ctx)
+    run(fs.stop(ctx))
     assert not fs.state().mounted and not (ext4.mountpoint / "data").exists()
-    await fs.stop(ctx)
+    run(fs.stop(ctx))
     assert ctx.notes[-1].endswith("not mounted")
-    await fs.start(ctx)
+    run(fs.start(ctx))
     assert (ext4.mountpoint / "data").read_text() == "vm disk"
 
 
-async def test_mount_waits_for_a_valid_gate(ext4: Ext4) -> None:
+def test_mount_waits_for_a_valid_gate(ext4: Ext4) -> None:
     fs = ext4.filesystem()
     from clever_cluster.daemon.resources.base import GateStale
 
     with pytest.raises(GateStale):
-        await fs.start(Ctx(stale=True))
+        run(fs.start(Ctx(stale=True)))
     assert not fs.state().mounted
 
 
@@ -92,22 +100,22 @@ def _holder(path: Path, ignore_term: bool) -> subprocess.Popen[bytes]:
     return p
 
 
-async def test_busy_mount_refused_without_force_and_ended_with_force(ext4: Ext4) -> None:
+def test_busy_mount_refused_without_force_and_ended_with_force(ext4: Ext4) -> None:
     ctx = Ctx()
     fs = ext4.filesystem(force_unmount=False)
-    await fs.start(ctx)
+    run(fs.start(ctx))
     (ext4.mountpoint / "disk.qcow2").write_text("x")
     polite = _holder(ext4.mountpoint / "disk.qcow2", ignore_term=False)
     stubborn = _holder(ext4.mountpoint / "disk.qcow2", ignore_term=True)
     worker = subprocess.Popen(["sleep", "600"], cwd=ext4.mountpoint)
     try:
         with pytest.raises(ResourceError, match=rf"busy, used by .*\[{polite.pid}\].*force_unmount is off"):
-            await fs.stop(ctx)
+            run(fs.stop(ctx))
         assert fs.state().mounted
         assert polite.poll() is None and stubborn.poll() is None and worker.poll() is None
 
         fs = ext4.filesystem(force_unmount=True, kill_grace=0.5)
-        await fs.stop(ctx)
+        run(fs.stop(ctx))
         assert not fs.state().mounted
         assert polite.wait(5) == -signal.SIGTERM
         assert worker.wait(5) == -signal.SIGTERM
@@ -120,37 +128,37 @@ async def test_busy_mount_refused_without_force_and_ended_with_force(ext4: Ext4)
                 p.wait()
 
 
-async def test_never_unmounts_anything_else(ext4: Ext4) -> None:
+def test_never_unmounts_anything_else(ext4: Ext4) -> None:
     ctx = Ctx()
     fs = ext4.filesystem()
     # Something else on the mountpoint: start refuses, stop leaves it alone.
     subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(ext4.mountpoint)], check=True)
     with pytest.raises(ResourceError, match="not mounting over it"):
-        await fs.start(ctx)
-    await fs.stop(ctx)
+        run(fs.start(ctx))
+    run(fs.stop(ctx))
     assert fs.state().top is not None and fs.state().top.fstype == "tmpfs"  # type: ignore[union-attr]
     subprocess.run(["umount", str(ext4.mountpoint)], check=True)
     # Ours, with another mount stacked on top, or one inside it: reported, not unmounted.
-    await fs.start(ctx)
+    run(fs.start(ctx))
     subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(ext4.mountpoint)], check=True)
     with pytest.raises(ResourceError, match="mounted on top"):
-        await fs.stop(ctx)
+        run(fs.stop(ctx))
     subprocess.run(["umount", str(ext4.mountpoint)], check=True)
     (ext4.mountpoint / "sub").mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(ext4.mountpoint / "sub")], check=True)
     with pytest.raises(ResourceError, match="mounted inside"):
-        await fs.stop(ctx)
+        run(fs.stop(ctx))
     assert fs.state().mounted and fs.state().inside == (str(ext4.mountpoint / "sub"),)
     subprocess.run(["umount", str(ext4.mountpoint / "sub")], check=True)
-    await fs.stop(ctx)
+    run(fs.stop(ctx))
 
 
-async def test_mount_failure_rolls_back_the_drbd_step(ext4: Ext4) -> None:
+def test_mount_failure_rolls_back_the_drbd_step(ext4: Ext4) -> None:
     log: list[tuple[str, str]] = []
     drbd = SimDrbd(log)
     fs = ext4.filesystem(fstype="xfs")  # the device holds ext4: mount fails
     ex = GroupExecutor([DrbdStep(drbd, 5), fs], Gate())
-    rec = await ex.start(START)
+    rec = run(ex.start(START))
     assert rec.outcome == "rolled_back"
     assert log == [("promote", "drbd"), ("demote", "drbd")] and drbd.current == "Secondary"
     assert "mounting" in (rec.error or "") and str(ext4.device) in (rec.error or "")
@@ -158,10 +166,10 @@ async def test_mount_failure_rolls_back_the_drbd_step(ext4: Ext4) -> None:
     assert not fs.state().mounted
 
 
-async def test_fsck_before_mount_when_configured(ext4: Ext4) -> None:
+def test_fsck_before_mount_when_configured(ext4: Ext4) -> None:
     ctx = Ctx()
     fs = ext4.filesystem(fsck=True)
-    await fs.start(ctx)
+    run(fs.start(ctx))
     assert fs.state().mounted and any(n.startswith("fsck exit 0") for n in ctx.notes)
 
 

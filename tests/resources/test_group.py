@@ -10,7 +10,7 @@ from clever_cluster.daemon.resources.base import ImageToken, StartRequest, StopR
 from clever_cluster.daemon.resources.drbd import DrbdStep
 from clever_cluster.daemon.resources.facts import ResourceFailure, RunRecord
 from clever_cluster.daemon.resources.group import GroupExecutor
-from tests.resources.helpers import FakeClock, FakeStep, Gate, SimDrbd
+from tests.resources.helpers import FakeClock, FakeStep, Gate, SimDrbd, until
 
 NAMES = ["drbd", "filesystem", "ip", "vms"]
 START = StartRequest(token="episode-7", takeover="failover")
@@ -28,7 +28,7 @@ def _group(log: list[tuple[str, str]], gate: Gate | None = None, clock: FakeCloc
 
 async def test_start_runs_in_order_and_stop_in_reverse() -> None:
     log: list[tuple[str, str]] = []
-    ex, drbd, fakes = _group(log)
+    ex, drbd, _ = _group(log)
     rec = await ex.start(START)
     assert rec.outcome == "succeeded" and rec.held == tuple(NAMES)
     assert log == [("promote", "drbd"), ("start", "filesystem"), ("start", "ip"), ("start", "vms")]
@@ -69,7 +69,7 @@ async def test_failure_at_each_step_rolls_back_exactly_what_ran(failing: str) ->
 async def test_gate_stale_before_a_step_stops_the_sequence_without_running_it() -> None:
     log: list[tuple[str, str]] = []
     gate = Gate()
-    ex, drbd, fakes = _group(log, gate=gate)
+    ex, _, fakes = _group(log, gate=gate)
     real_start = fakes["filesystem"].start
 
     async def start_then_withdraw(ctx: object) -> None:
@@ -133,7 +133,7 @@ async def test_failed_stop_is_retried_then_reported_and_lower_steps_are_kept() -
 async def test_stale_gate_stops_a_gated_stop_where_it_is() -> None:
     log: list[tuple[str, str]] = []
     gate = Gate()
-    ex, drbd, fakes = _group(log, gate=gate)
+    ex, _, _ = _group(log, gate=gate)
     await ex.start(START)
     log.clear()
     gate.stale_after = gate.checks + 2  # valid for vms and ip, then the grant is withdrawn
@@ -145,7 +145,7 @@ async def test_stale_gate_stops_a_gated_stop_where_it_is() -> None:
 
 async def test_forcestop_stops_only_down_to_the_vms() -> None:
     log: list[tuple[str, str]] = []
-    ex, drbd, fakes = _group(log)
+    ex, _, _ = _group(log)
     await ex.start(START)
     log.clear()
     rec = await ex.stop(StopRequest(token=None, until="vms"))
@@ -162,8 +162,7 @@ async def test_stop_after_a_partial_start() -> None:
     release = asyncio.Event()
     fakes["ip"].block_start = release
     task = asyncio.create_task(ex.start(START))
-    while ex.in_flight is None or ex.in_flight.current != "ip":
-        await asyncio.sleep(0.01)
+    await until(lambda: ex.in_flight is not None and ex.in_flight.current == "ip", 5, "the start to reach ip")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -189,8 +188,7 @@ async def test_operator_command_waits_for_the_sequence_in_flight() -> None:
     vms = FakeStep("vms", log, block_start=asyncio.Event())
     ex = GroupExecutor([DrbdStep(drbd, 5), vms], Gate(), on_fact=on_fact)
     seq = asyncio.create_task(ex.start(START))
-    while ex.in_flight is None or ex.in_flight.current != "vms":
-        await asyncio.sleep(0.01)
+    await until(lambda: ex.in_flight is not None and ex.in_flight.current == "vms", 5, "the start to reach vms")
 
     async def operator() -> None:
         async with ex.exclusive():
@@ -209,7 +207,7 @@ async def test_per_phase_timings_are_recorded() -> None:
     log: list[tuple[str, str]] = []
     clock = FakeClock()
     facts: list[object] = []
-    ex, drbd, fakes = _group(log, clock=clock, facts=facts)
+    ex, _, fakes = _group(log, clock=clock, facts=facts)
     fakes["filesystem"].start_cost = 1.5
     fakes["ip"].start_cost = 0.25
     fakes["vms"].start_cost = 4.0
