@@ -43,12 +43,13 @@ def _sh(*argv: str) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def make_ext4(tmp_path: Path, size: str = "64M") -> Iterator[Ext4]:
+def make_ext4(tmp_path: Path, size: str = "64M", mount_dir: Path | None = None) -> Iterator[Ext4]:
+    """An ext4 image on a fresh loop device, with an (unmounted) mountpoint; everything undone afterwards."""
     require_root()
     image = tmp_path / "replicated.img"
     _sh("truncate", "-s", size, str(image))
     device = _sh("losetup", "-f", "--show", str(image))
-    mnt = tmp_path / "mnt"
+    mnt = (mount_dir or tmp_path) / "mnt"
     mnt.mkdir()
     try:
         # The read-only flag outlives a detach: a loop device that another test (or the DRBD
