@@ -13,7 +13,7 @@ share state; keep one connection per simulated node.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -25,23 +25,26 @@ def domain_uuid(name: str) -> str:
     return str(uuid.uuid5(_NS, name))
 
 
-def node_xml(domains: Iterable[tuple[str, int]]) -> str:
-    """A node document; ``domains`` are (name, libvirt state) pairs."""
+def node_xml(domains: Iterable[tuple[str, int]], disks: Mapping[str, Path] | None = None) -> str:
+    """A node document; ``domains`` are (name, libvirt state) pairs, ``disks`` an optional file disk per domain."""
     doms = []
     for name, state in domains:
+        disk = (disks or {}).get(name)
+        devices = ("    <devices><disk type='file' device='disk'>"
+                   f"<source file='{escape(str(disk))}'/><target dev='vda'/></disk></devices>\n") if disk else ""
         doms.append(
             "  <domain type='test'>\n"
             f"    <name>{escape(name)}</name>\n    <uuid>{domain_uuid(name)}</uuid>\n"
             "    <memory>65536</memory>\n    <vcpu>1</vcpu>\n    <os><type>hvm</type></os>\n"
-            f"    <test:runstate>{state}</test:runstate>\n"
+            f"    <test:runstate>{state}</test:runstate>\n" + devices +
             "  </domain>\n")
     return ("<node xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>\n"
             "  <cpu><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads><mhz>2000</mhz><model>sim</model></cpu>\n"
             "  <memory>16777216</memory>\n" + "".join(doms) + "</node>\n")
 
 
-def write_node(path: Path, domains: Iterable[tuple[str, int]]) -> str:
+def write_node(path: Path, domains: Iterable[tuple[str, int]], disks: Mapping[str, Path] | None = None) -> str:
     """Write the node file and return its ``test:///`` URI."""
     path = Path(path).resolve()
-    path.write_text(node_xml(domains))
+    path.write_text(node_xml(domains, disks))
     return f"test://{path}"

@@ -201,21 +201,22 @@ class GroupExecutor:
         for step in self._steps:
             ctx = _Ctx(self, run, req.token, req, None, "start")
             t0 = self._clock()
+            run.update(current=step.name)  # publishes a fact: done before the check, not between it and the step
+            budget = step.start_budget()
             # The check and the step's first instructions run without yielding to the loop.
             reason = self._validate(req.token)
             if reason is not None:
                 run.phase(step.name, "start", t0, "stale", reason, attempts=0)
                 return "stale", f"{step.name} not started: {reason}"
             held.append(step.name)
-            run.update(current=step.name)
             try:
-                async with asyncio.timeout(step.start_budget()):
+                async with asyncio.timeout(budget):
                     await step.start(ctx)
             except GateStale as e:
                 run.phase(step.name, "start", t0, "stale", ctx.detail(str(e)))
                 return "stale", f"{step.name} stopped half-way: {e}"
             except Exception as e:  # noqa: BLE001 - every failure is rolled back
-                msg = self._failure_text(step.name, "start", step.start_budget(), e)
+                msg = self._failure_text(step.name, "start", budget, e)
                 run.phase(step.name, "start", t0, "failed", ctx.detail(msg))
                 self._record_failure(run, step.name, None, "start", msg)
                 return "rolled_back", msg
@@ -274,10 +275,10 @@ class GroupExecutor:
         attempts = max(1, step.stop_attempts)
         msg: str | None = None
         for attempt in range(1, attempts + 1):
+            run.update(current=step.name)
             if token is not None and (reason := self._validate(token)) is not None:
                 run.phase(step.name, action, t0, "stale", ctx.detail(reason), attempts=attempt - 1)
                 return _Result.STALE, reason
-            run.update(current=step.name)
             try:
                 async with asyncio.timeout(step.stop_budget()):
                     await step.stop(ctx)

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import libvirt
@@ -67,12 +67,15 @@ def ensure_event_loop() -> None:
 
 
 class LibvirtClient:
-    def __init__(self, uri: str, *, opener: Opener | None = None, workers: int = 4,
+    def __init__(self, uri: str, *, opener: Opener | None = None, workers: int = 8,
                  backoff_min: float = 0.5, backoff_max: float = 30.0,
                  on_event: EventHandler | None = None, on_change: Callable[[], None] | None = None) -> None:
         self.uri = uri
         self._opener: Opener = opener or libvirt.open
+        self._workers = workers
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="libvirt")
+        self._in_flight: set[Future[Any]] = set()
+        self._in_flight_lock = threading.Lock()  # done-callbacks run on the pool's threads
         self._backoff_min, self._backoff_max = backoff_min, backoff_max
         self.on_event = on_event
         self.on_change = on_change
@@ -115,19 +118,46 @@ class LibvirtClient:
 
     # ------------------------------------------------------------------ calls
 
+    @property
+    def workers(self) -> int:
+        return self._workers
+
     async def call(self, fn: Callable[[Any], T]) -> T:
-        """Run ``fn(connection)`` in the libvirt thread pool. libvirtError passes through unless the connection broke."""
+        """Run ``fn(connection)`` in the libvirt thread pool. libvirtError passes through unless the connection broke.
+
+        The job is submitted before this coroutine first yields. If the caller
+        is cancelled (a deadline), a job not started yet never starts; one
+        already running finishes in its thread, and :meth:`drain` waits for it.
+        """
         conn = self._conn
         if conn is None:
             raise LibvirtUnavailable(f"libvirt ({self.uri}) is not connected: {self.last_error}")
         loop = asyncio.get_running_loop()
+        job = self._pool.submit(fn, conn)
+        with self._in_flight_lock:
+            self._in_flight.add(job)
+        job.add_done_callback(self._job_done)
         try:
-            return await loop.run_in_executor(self._pool, fn, conn)
+            return await asyncio.wrap_future(job)
         except libvirt.libvirtError as e:
             if not await loop.run_in_executor(self._pool, _alive, conn):
                 self._lost(conn, str(e))
                 raise LibvirtUnavailable(f"libvirt ({self.uri}) connection lost: {e}") from e
             raise
+
+    def _job_done(self, job: Future[Any]) -> None:
+        with self._in_flight_lock:
+            self._in_flight.discard(job)
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until no libvirt call is running (calls abandoned by a deadline included); False on timeout."""
+        with self._in_flight_lock:
+            jobs = list(self._in_flight)
+        pending = [asyncio.wrap_future(j) for j in jobs]
+        if not pending:
+            return True
+        _, still = await asyncio.wait(pending, timeout=timeout)
+        return not still
 
     # ------------------------------------------------------------------ connection upkeep
 

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import time
 from collections.abc import Callable
 from typing import Any
+from xml.etree import ElementTree
 
 import libvirt
 
@@ -43,12 +45,21 @@ DESTROY_TIMEOUT = 60.0
 POLL = 0.1
 
 
+def disk_files(domain_xml: str) -> list[str]:
+    """The file paths of a domain's file-backed disks."""
+    root = ElementTree.fromstring(domain_xml)
+    return [src.get("file", "") for src in root.findall("./devices/disk[@type='file']/source") if src.get("file")]
+
+
 class VmStep:
     name = "vms"
     stop_attempts = 1  # each domain already falls back save -> shutdown -> destroy
 
     def __init__(self, cfg: VmsConfig, client: LibvirtClient, images: ImageStore, *,
                  wall: Callable[[], float] = time.time) -> None:
+        if client.workers < cfg.parallel + 2:
+            # A start queued behind other calls would run long after its gate check.
+            raise ValueError(f"the libvirt client needs at least vms.parallel + 2 = {cfg.parallel + 2} workers, not {client.workers}")
         self.cfg, self.client, self.images = cfg, client, images
         self._wall = wall
         self._locks: dict[str, asyncio.Lock] = {}
@@ -139,6 +150,8 @@ class VmStep:
             if info is not None:
                 why_not = info.problem or (restore_verdict(info.token, req) if info.token else "it has no token")
                 if why_not is None:
+                    why_not = await self._disks_written_since(name, info.written_wall)
+                if why_not is None:
                     why_not = await asyncio.to_thread(self.images.verify, info)
             if info is not None and why_not is None:
                 ctx.check_gate()
@@ -158,6 +171,34 @@ class VmStep:
                 await asyncio.to_thread(self.images.invalidate, name, f"not restored: {why_not}")
                 return await self._cold_boot(ctx, name, f"cold-booted; save image not used: {why_not}")
             return await self._cold_boot(ctx, name, "cold-booted")
+
+    async def _disks_written_since(self, name: str, since: float | None) -> str | None:
+        """Why the image is stale because a disk file of the domain on the replicated filesystem was
+        written after the image (the VM ran from its disk since), or None.
+
+        Block-device disks cannot be checked this way; the other rules still apply to them.
+        """
+        if since is None:
+            return "its metadata does not say when it was written"
+        xml = await self._dom(name, "XMLDesc", 0)
+        files = disk_files(xml)
+
+        def newer() -> list[str]:
+            dev = self.images.check()
+            out = []
+            for f in files:
+                try:
+                    st = os.stat(f)
+                except OSError:
+                    continue
+                if st.st_dev == dev and st.st_mtime > since:
+                    out.append(f)
+            return out
+
+        changed = await asyncio.to_thread(newer)
+        if changed:
+            return f"its disk {', '.join(changed)} was written after the image (the VM ran from its disk since)"
+        return None
 
     async def _after_restore(self, name: str) -> None:
         try:
@@ -183,6 +224,10 @@ class VmStep:
     async def stop(self, ctx: StepContext) -> None:
         req = ctx.stop
         assert req is not None
+        # A start abandoned at its deadline may still be creating a domain in a libvirt thread:
+        # wait for it, so what runs is known before deciding what to stop.
+        if not await self.client.drain(DESTROY_TIMEOUT):
+            raise ResourceError(f"a libvirt call is still running after {DESTROY_TIMEOUT:g} s; cannot tell what runs")
         try:
             vms = await self.managed()
         except (LibvirtUnavailable, libvirt.libvirtError) as e:

@@ -131,6 +131,9 @@ class DomProxy:
 
     def create(self) -> int:
         with self._faults.in_create():
+            delay = self._faults.slow_create.get(self._dom.name(), 0.0)
+            if delay:
+                time.sleep(delay)
             return int(self._dom.create())
 
     def shutdown(self) -> int:
@@ -146,6 +149,7 @@ class DomainFaults:
     def __init__(self, hold_until: int = 0) -> None:
         self.hold_until = hold_until
         self.ignore_shutdown: set[str] = set()
+        self.slow_create: dict[str, float] = {}
         self.shutdowns_ignored: list[str] = []
         self.in_flight = 0
         self.max_in_flight = 0

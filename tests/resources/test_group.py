@@ -85,6 +85,23 @@ async def test_gate_stale_before_a_step_stops_the_sequence_without_running_it() 
     assert rec.phases[2].step == "ip" and rec.phases[2].outcome == "stale" and rec.phases[2].attempts == 0
 
 
+async def test_gate_going_stale_while_progress_is_published_is_caught() -> None:
+    """Regression (red team): the progress fact for a step used to be published after its gate
+    check, so a consumer reacting to it could invalidate the gate just before the step ran."""
+    log: list[tuple[str, str]] = []
+    gate = Gate()
+
+    def on_fact(fact: object) -> None:
+        if isinstance(fact, RunRecord) and fact.current == "ip":
+            gate.stale = "the policy decided otherwise on this very fact"
+
+    drbd = SimDrbd(log)
+    steps = [DrbdStep(drbd, 5), *(FakeStep(n, log) for n in NAMES[1:])]
+    rec = await GroupExecutor(steps, gate, on_fact=on_fact).start(START)
+    assert ("start", "ip") not in log
+    assert rec.outcome == "stale" and drbd.current == "Secondary"
+
+
 async def test_gate_that_raises_counts_as_stale() -> None:
     log: list[tuple[str, str]] = []
 

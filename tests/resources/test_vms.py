@@ -7,6 +7,7 @@ ext4 (the replicated filesystem), as the node that mounts it after a handover wo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -68,9 +69,9 @@ class World:
         return VmsConfig(**base)
 
     async def node(self, label: str, state: int, names: list[str] | None = None, *, cfg: VmsConfig | None = None,
-                   faults: DomainFaults | None = None, workers: int = 8) -> Node:
+                   faults: DomainFaults | None = None, workers: int = 8, disks: dict[str, Path] | None = None) -> Node:
         names = PLC if names is None else names
-        uri = write_node(self.tmp / f"{label}.xml", [(n, state) for n in names] + [("other", state)])
+        uri = write_node(self.tmp / f"{label}.xml", [(n, state) for n in names] + [("other", state)], disks)
         kw: dict[str, Any] = {"workers": workers}
         if faults is not None:
             kw["opener"] = faults.opener(libvirt.open)
@@ -259,6 +260,49 @@ async def test_domain_started_outside_the_cluster_loses_its_image(world: World) 
     assert "plc1.save.stale" in world.files() and "plc2.save" in world.files()
     await b.ex.start(StartRequest(token="episode-4", takeover="failover", data_uuid="0A1B2C3D"))
     assert await b.states(PLC) == {"plc1": (1, BOOTED), "plc2": (1, RESTORED), "plc3": (1, RESTORED)}
+
+
+async def test_restore_refused_when_a_disk_was_written_after_the_save(world: World, tmp_path: Path) -> None:
+    """Regression (red team): a VM run from its disk after its image was written (by hand, while the
+    daemon was down) must not be restored from that image, whatever its token says."""
+    disks = {n: world.ext4.mountpoint / f"{n}.qcow2" for n in PLC}
+    for d in disks.values():
+        d.write_bytes(b"disk")
+    a = await world.node("a", RUNNING, disks=disks)
+    b = await world.node("b", SHUTOFF, disks=disks)
+    await a.ex.stop(save())
+    written = json.loads((world.ext4.mountpoint / "save" / "plc2.meta.json").read_text())["written_wall"]
+    os.utime(disks["plc2"], (written + 5, written + 5))
+    rec = await b.ex.start(handover())
+    assert await b.states(PLC) == {"plc1": (1, RESTORED), "plc2": (1, BOOTED), "plc3": (1, RESTORED)}
+    assert f"its disk {disks['plc2']} was written after the image" in rec.phases[0].detail
+    assert "plc2.save.stale" in world.files()
+
+
+async def test_stop_waits_for_a_start_abandoned_in_its_thread(world: World) -> None:
+    """Regression (red team): a start cancelled while libvirt was still creating a domain left that
+    create running in its thread; a stop right after saw nothing running and the VM came up later."""
+    import asyncio
+
+    faults = DomainFaults()
+    faults.slow_create = {"plc2": 1.0}
+    b = await world.node("b", SHUTOFF, faults=faults)
+    task = asyncio.create_task(b.ex.start(StartRequest(token="e", takeover="cold_start")))
+    await until(lambda: b.ex.in_flight is not None and b.ex.in_flight.current == "vms", 5, "the VM step")
+    await asyncio.sleep(0.3)  # plc1 and plc3 are up, plc2's create is sleeping in its thread
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    rec = await b.ex.stop(StopRequest(token=None, mode="destroy"))
+    assert rec.outcome == "succeeded", rec.error
+    await asyncio.sleep(1.0)  # past the slow create, had it not been waited for
+    assert all(s[0] == 5 for s in (await b.states(PLC)).values()), await b.states(PLC)
+
+
+async def test_client_pool_must_exceed_the_parallel_bound(world: World) -> None:
+    client = await world.make_client(write_node(world.tmp / "x.xml", [("plc1", RUNNING)]), workers=4)
+    with pytest.raises(ValueError, match="at least vms.parallel"):
+        VmStep(world.cfg(parallel=4), client, ImageStore(world.ext4.mountpoint / "save", world.fs))
 
 
 async def test_monitor_reports_states_from_events(world: World) -> None:
