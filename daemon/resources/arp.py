@@ -70,11 +70,6 @@ def open_socket(ifname: str) -> socket.socket:
     return s
 
 
-def announce_once(sock: socket.socket, mac: str, address: ipaddress.IPv4Address) -> None:
-    ip = address.packed
-    sock.send(frame(OP_REQUEST, mac_bytes(mac), ip, ip))
-
-
 def probe(ifname: str, mac: str, address: ipaddress.IPv4Address, timeout: float, probes: int = 2) -> str | None:
     """The MAC of another host that answers for ``address`` within ``timeout`` seconds, or None.
 

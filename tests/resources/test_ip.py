@@ -135,3 +135,39 @@ def test_missing_or_down_interface_is_a_clear_failure(lan: Lan) -> None:
     lan.lab.down(lan.node, "eth0")
     with pytest.raises(ResourceError, match="eth0 is down"):
         run_in(lan.node, lambda: _ip().start(Ctx("cold_start")))
+
+
+FLOATING6 = "fd00:77::50"
+
+
+def _ip6(**kw: object) -> FloatingIp:
+    return FloatingIp(IpConfig(address=ipaddress.ip_interface(f"{FLOATING6}/64"), interface="eth0", **kw))  # type: ignore[arg-type]
+
+
+def test_ipv6_add_advertise_and_remove(lan: Lan) -> None:
+    node_mac, old_mac = lan.mac(lan.node), lan.mac(lan.old)
+    lan.lab.run(lan.client, "ip", "addr", "add", "fd00:77::3/64", "dev", "eth0", "nodad")
+    lan.lab.run(lan.old, "ip", "addr", "add", f"{FLOATING6}/64", "dev", "eth0", "nodad")
+    wait_for(lambda: lan.lab.reachable(lan.client, FLOATING6), 10, "the old holder to answer")
+    assert old_mac in lan.neigh(lan.client, FLOATING6)
+    lan.lab.run(lan.old, "ip", "addr", "del", f"{FLOATING6}/64", "dev", "eth0")
+
+    ctx = Ctx("cold_start")
+    ip = _ip6(arp_count=3, arp_interval=0.05)
+    run_in(lan.node, lambda: ip.start(ctx))
+    assert "3 neighbour advertisements sent" in ctx.notes
+    assert "nodad" in lan.lab.run(lan.node, "ip", "-6", "-o", "addr", "show", "dev", "eth0").stdout  # usable at once
+    wait_for(lambda: node_mac in lan.neigh(lan.client, FLOATING6), 5, "the client's neighbour entry to move")
+    run_in(lan.node, lambda: ip.stop(ctx))
+    assert FLOATING6 not in lan.lab.run(lan.node, "ip", "-6", "-o", "addr", "show", "dev", "eth0").stdout
+
+
+def test_ipv6_takeover_refused_when_duplicate_address_detection_fails(lan: Lan) -> None:
+    lan.lab.run(lan.old, "ip", "addr", "add", f"{FLOATING6}/64", "dev", "eth0", "nodad")
+    with pytest.raises(ResourceError, match=r"failed duplicate address detection"):
+        run_in(lan.node, lambda: _ip6().start(Ctx("failover")))
+    assert FLOATING6 not in lan.lab.run(lan.node, "ip", "-6", "-o", "addr", "show", "dev", "eth0").stdout
+    lan.lab.run(lan.old, "ip", "addr", "del", f"{FLOATING6}/64", "dev", "eth0")
+    ctx = Ctx("failover")
+    run_in(lan.node, lambda: _ip6().start(ctx))
+    assert "duplicate address detection passed" in ctx.notes

@@ -301,7 +301,7 @@ async def test_stop_waits_for_a_start_abandoned_in_its_thread(world: World) -> N
 
 async def test_client_pool_must_exceed_the_parallel_bound(world: World) -> None:
     client = await world.make_client(write_node(world.tmp / "x.xml", [("plc1", RUNNING)]), workers=4)
-    with pytest.raises(ValueError, match="at least vms.parallel"):
+    with pytest.raises(ValueError, match=r"at least vms\.parallel"):
         VmStep(world.cfg(parallel=4), client, ImageStore(world.ext4.mountpoint / "save", world.fs))
 
 
