@@ -6,4 +6,5 @@
   ``filesystem.Filesystem``, ``ip.FloatingIp``, ``vms.VmStep``.
 - VM facts: ``libvirtconn.LibvirtClient`` and ``vmmonitor.VmMonitor``; save
   images: ``saveimage.ImageStore``; the admin-intent copy: ``intent``.
+- ``assembly.build`` puts them together from the configuration.
 """

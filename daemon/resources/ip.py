@@ -60,6 +60,10 @@ class IpState:
         return bool(self.flags & IFA_F_DADFAILED)
 
 
+class InterfaceMissing(ResourceError):
+    pass
+
+
 class FloatingIp:
     name = "ip"
     stop_attempts = 3
@@ -82,7 +86,7 @@ class FloatingIp:
             with IPRoute() as ipr:
                 found = ipr.link_lookup(ifname=self.cfg.interface)
                 if not found:
-                    raise ResourceError(f"interface {self.cfg.interface} (ip.interface) does not exist")
+                    raise InterfaceMissing(f"interface {self.cfg.interface} (ip.interface) does not exist")
                 index = found[0]
                 link = ipr.get_links(index)[0]
                 ours = [a for a in ipr.get_addr(index=index) if self._is_ours(a)]
@@ -198,7 +202,11 @@ class FloatingIp:
         return sent
 
     async def stop(self, ctx: StepContext) -> None:
-        st = await asyncio.to_thread(self.read_state)
+        try:
+            st = await asyncio.to_thread(self.read_state)
+        except InterfaceMissing as e:
+            ctx.note(f"{e}, so {self.address} is not held")  # a vanished interface took the address with it
+            return
         if not st.present:
             ctx.note(f"{self.address} not on {self.cfg.interface}")
             return

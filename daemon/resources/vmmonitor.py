@@ -87,10 +87,10 @@ class VmMonitor:
 
     def __init__(self, client: LibvirtClient, cfg: VmsConfig, *,
                  on_facts: Callable[[VmFacts], None] | None = None,
-                 on_active: Callable[[list[str]], Awaitable[None]] | None = None,
+                 on_observed: Callable[[list[VmInfo]], Awaitable[None]] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.client, self.cfg = client, cfg
-        self.on_facts, self.on_active = on_facts, on_active
+        self.on_facts, self.on_observed = on_facts, on_observed
         self._clock = clock
         self._kick = asyncio.Event()
         self.facts = VmFacts(connected=False, vms=tuple(VmInfo(n, "unknown") for n in cfg.domains), observed_mono=clock(),
@@ -120,9 +120,8 @@ class VmMonitor:
             self._publish(VmFacts(False, tuple(VmInfo(n, "unknown") for n in names), self._clock(), str(e)))
             return self.facts
         self._publish(VmFacts(True, tuple(vms), self._clock()))
-        active = [v.name for v in vms if v.active]
-        if active and self.on_active is not None:
-            await self.on_active(active)
+        if self.on_observed is not None:
+            await self.on_observed(vms)
         return self.facts
 
     def _publish(self, facts: VmFacts) -> None:

@@ -26,7 +26,7 @@ import asyncio
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from xml.etree import ElementTree
 
@@ -107,6 +107,8 @@ class VmStep:
             raise ResourceError(f"cannot list the VMs: {e}") from e
         if req.vms is not None:
             vms = [v for v in vms if v.name in req.vms]
+        if not vms:
+            ctx.note("no managed VM is defined here")
         try:
             await asyncio.to_thread(self.images.ensure_dir)
         except ResourceError as e:
@@ -318,20 +320,26 @@ class VmStep:
 
     # ------------------------------------------------------------------ monitor hook
 
-    async def observed_active(self, names: list[str]) -> None:
-        """Set aside the save image of a domain seen running while no operation of ours holds it.
+    async def observed(self, vms: Sequence[VmInfo]) -> None:
+        """The monitor's hook after each observation.
 
-        Such a domain was started outside the cluster (virsh, an operator): its
-        disk moved on, so its image must never be restored.
+        Keeps the step's deadline in line with the number of managed domains,
+        and sets aside the save image of a domain seen running while no
+        operation of ours holds it: such a domain was started outside the
+        cluster (virsh, an operator), its disk moved on, so its image must
+        never be restored.
         """
-        for name in names:
-            lock = self._lock(name)
+        self._known = max(1, len(vms))
+        for vm in vms:
+            if not vm.active:
+                continue
+            lock = self._lock(vm.name)
             if lock.locked():
                 continue
             async with lock:
                 try:
-                    if not (await self._state(name)).active:
+                    if not (await self._state(vm.name)).active:
                         continue
-                    await asyncio.to_thread(self.images.invalidate, name, "the domain ran from its disk after the image was written")
+                    await asyncio.to_thread(self.images.invalidate, vm.name, "the domain ran from its disk after the image was written")
                 except (ResourceError, libvirt.libvirtError):
                     continue  # the filesystem is not mounted here, or libvirt went away: nothing to set aside

@@ -255,7 +255,7 @@ async def test_domain_started_outside_the_cluster_loses_its_image(world: World) 
     fs_token = ImageToken("forcestop", "fs-2", "7:node1", "0A1B2C3D")
     await a.ex.stop(StopRequest(token=None, mode="save", image=fs_token))
     await a.client.call(lambda c: c.lookupByName("plc1").create())  # an operator's virsh start
-    monitor = VmMonitor(a.client, a.step.cfg, on_active=a.step.observed_active)
+    monitor = VmMonitor(a.client, a.step.cfg, on_observed=a.step.observed)
     await monitor.refresh()
     assert "plc1.save.stale" in world.files() and "plc2.save" in world.files()
     await b.ex.start(StartRequest(token="episode-4", takeover="failover", data_uuid="0A1B2C3D"))
