@@ -159,13 +159,17 @@ def build_guest(cache: Path | None = None) -> Guest:
         return Guest(kernel=_kernel(cache), initrd=_initrd(cache))
 
 
-def domain_xml(name: str, uuid: str, guest: Guest, console_log: Path, memory_mib: int = 128) -> str:
+def domain_xml(name: str, uuid: str, guest: Guest, console_log: Path, memory_mib: int = 128, disk: Path | None = None) -> str:
     """A libvirt domain for the guest under QEMU's software emulation (TCG), console to a file.
 
     The console file is appended to (``append='on'``), so the log of a
-    restored guest continues the log of the saved one.
+    restored guest continues the log of the saved one. ``disk`` attaches a
+    raw file as a virtio disk (the guest does not use it; QEMU opens it, as
+    it would a real VM's disk on the replicated filesystem).
     """
     log = escape(str(console_log))
+    disk_xml = (f"    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{escape(str(disk))}'/>"
+                "<target dev='vda' bus='virtio'/></disk>\n") if disk else ""
     return f"""<domain type='qemu'>
   <name>{escape(name)}</name>
   <uuid>{uuid}</uuid>
@@ -181,7 +185,7 @@ def domain_xml(name: str, uuid: str, guest: Guest, console_log: Path, memory_mib
   <on_reboot>destroy</on_reboot>
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <serial type='file'><source path='{log}' append='on'/><target port='0'/></serial>
+{disk_xml}    <serial type='file'><source path='{log}' append='on'/><target port='0'/></serial>
     <console type='file'><source path='{log}' append='on'/><target type='serial' port='0'/></console>
     <memballoon model='none'/>
   </devices>

@@ -202,7 +202,12 @@ class GroupExecutor:
             ctx = _Ctx(self, run, req.token, req, None, "start")
             t0 = self._clock()
             run.update(current=step.name)  # publishes a fact: done before the check, not between it and the step
-            budget = step.start_budget()
+            try:
+                budget = step.start_budget()
+            except Exception as e:  # noqa: BLE001 - a bug in a step: it is not run, the others are undone
+                msg = self._failure_text(step.name, "start", 0.0, e)
+                run.phase(step.name, "start", t0, "failed", msg, attempts=0)
+                return "rolled_back", msg
             # The check and the step's first instructions run without yielding to the loop.
             reason = self._validate(req.token)
             if reason is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
 from pathlib import Path
 
 import libvirt
@@ -65,13 +66,16 @@ async def test_guest_saved_on_node_a_resumes_on_node_b(tmp_path: Path) -> None:
     """Real libvirtd + QEMU (TCG): the guest's serial counter continues after the move."""
     image = await asyncio.to_thread(tiny.build_guest)
     console = tmp_path / "console.log"
-    xml = tiny.domain_xml("plcq", domain_uuid("plcq"), image, console)
     token = ImageToken("handover", "grant-q1", "12:node-a", "5E6F7A8B")
     area = tmp_path / "shared"
     clients: list[LibvirtClient] = []
     with contextlib.ExitStack() as stack:
         stack.enter_context(shared_mount(area))
         ext4 = stack.enter_context(contextlib.contextmanager(make_ext4)(tmp_path, "512M", area))
+        # The VM's disk lives on the replicated filesystem, as in production; its modification
+        # time is checked before the restore, which must not mistake QEMU's handling for a write.
+        disk = await asyncio.to_thread(_make_disk, ext4)
+        xml = tiny.domain_xml("plcq", domain_uuid("plcq"), image, console, disk=disk)
         lv_a = stack.enter_context(PrivateLibvirtd(tmp_path / "lv-a"))
         lv_b = stack.enter_context(PrivateLibvirtd(tmp_path / "lv-b"))
         try:
@@ -119,6 +123,14 @@ async def test_guest_saved_on_node_a_resumes_on_node_b(tmp_path: Path) -> None:
                 await c.close()
             for lvd in (lv_a, lv_b):
                 await asyncio.to_thread(_undefine, lvd.qemu_uri, "plcq")
+
+
+def _make_disk(ext4: Ext4) -> Path:
+    ext4.mount()
+    disk = ext4.mountpoint / "plcq.raw"
+    subprocess.run(["truncate", "-s", "16M", str(disk)], check=True)
+    ext4.umount()
+    return disk
 
 
 def _define(uri: str, xml: str) -> None:
