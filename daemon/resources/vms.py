@@ -331,8 +331,8 @@ class VmStep:
         """
         self._known = max(1, len(vms))
         for vm in vms:
-            if not vm.active:
-                continue
+            if not vm.active or not self.images.image(vm.name).exists():
+                continue  # the exact checks come below; this only spares libvirt calls
             lock = self._lock(vm.name)
             if lock.locked():
                 continue

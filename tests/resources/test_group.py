@@ -238,3 +238,17 @@ async def test_per_phase_timings_are_recorded() -> None:
     assert {f.current for f in running} >= {"drbd", "filesystem", "ip", "vms"}
     assert ex.history == (rec,) and ex.in_flight is None
     assert rec.to_json()["phases"][3]["step"] == "vms"
+
+
+async def test_a_step_whose_budget_raises_is_not_run_and_the_rest_is_undone() -> None:
+    log: list[tuple[str, str]] = []
+    ex, drbd, fakes = _group(log)
+
+    def broken() -> float:
+        raise ZeroDivisionError("vms.parallel is 0")
+
+    fakes["ip"].start_budget = broken  # type: ignore[method-assign]
+    rec = await ex.start(START)
+    assert rec.outcome == "rolled_back" and "internal error" in (rec.error or "")
+    assert ("start", "ip") not in log and ("stop", "ip") not in log
+    assert log[-2:] == [("stop", "filesystem"), ("demote", "drbd")] and ex.in_flight is None
