@@ -242,7 +242,7 @@ async def test_per_phase_timings_are_recorded() -> None:
 
 async def test_a_step_whose_budget_raises_is_not_run_and_the_rest_is_undone() -> None:
     log: list[tuple[str, str]] = []
-    ex, drbd, fakes = _group(log)
+    ex, _, fakes = _group(log)
 
     def broken() -> float:
         raise ZeroDivisionError("vms.parallel is 0")
