@@ -194,12 +194,16 @@ def domain_xml(name: str, uuid: str, guest: Guest, console_log: Path, memory_mib
 
 
 def ticks(console_log: Path) -> list[int]:
-    """The tick numbers printed so far, in order."""
+    """The tick numbers of the complete lines printed so far, in order.
+
+    A save can freeze the guest in the middle of a line; that line counts
+    once it is complete (after the restore), never as a shorter number.
+    """
     try:
         text = console_log.read_text(errors="replace")
     except FileNotFoundError:
         return []
-    return [int(m.group(1)) for m in re.finditer(r"^tick (\d+) ", text, re.M)]
+    return [int(m.group(1)) for m in re.finditer(r"^tick (\d+) [0-9.]+\r?\n", text, re.M)]
 
 
 def boots(console_log: Path) -> int:

@@ -130,11 +130,16 @@ class DomProxy:
         return getattr(self._dom, name)
 
     def create(self) -> int:
+        name = self._dom.name()
         with self._faults.in_create():
-            delay = self._faults.slow_create.get(self._dom.name(), 0.0)
-            if delay:
-                time.sleep(delay)
-            return int(self._dom.create())
+            self._faults.entered.append(name)
+            try:
+                delay = self._faults.slow_create.get(name, 0.0)
+                if delay:
+                    time.sleep(delay)
+                return int(self._dom.create())
+            finally:
+                self._faults.finished.append(name)
 
     def shutdown(self) -> int:
         if self._dom.name() in self._faults.ignore_shutdown:
@@ -144,12 +149,17 @@ class DomProxy:
 
 
 class DomainFaults:
-    """Counts concurrent create() calls; each waits (briefly) for ``hold_until`` others to be in flight."""
+    """Counts concurrent create() calls; each waits (up to 5 s) until ``hold_until`` are in flight at
+    once or all ``expected`` calls have begun, so the bound is reached whenever it can be."""
 
-    def __init__(self, hold_until: int = 0) -> None:
+    def __init__(self, hold_until: int = 0, expected: int = 0) -> None:
         self.hold_until = hold_until
+        self.expected = expected  # how many create() calls the test will make
+        self.started = 0
         self.ignore_shutdown: set[str] = set()
         self.slow_create: dict[str, float] = {}
+        self.entered: list[str] = []  # create() calls begun, by domain
+        self.finished: list[str] = []  # ... and ended
         self.shutdowns_ignored: list[str] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -166,10 +176,12 @@ class DomainFaults:
             o = self.o
             with o._cond:
                 o.in_flight += 1
+                o.started += 1
                 o.max_in_flight = max(o.max_in_flight, o.in_flight)
                 o._cond.notify_all()
-                deadline = time.monotonic() + 1.0
-                while o.in_flight < o.hold_until and time.monotonic() < deadline:
+                deadline = time.monotonic() + 5.0
+                # Hold until enough are in flight at once, unless no more will come.
+                while o.in_flight < o.hold_until and o.started < o.expected and time.monotonic() < deadline:
                     o._cond.wait(deadline - time.monotonic())
 
         def __exit__(self, *exc: object) -> None:

@@ -220,7 +220,7 @@ async def test_save_refused_when_save_dir_is_not_on_the_mounted_filesystem(world
 
 async def test_parallel_start_of_twenty_domains_honours_the_bound(world: World) -> None:
     names = [f"plc{i:02d}" for i in range(20)]
-    faults = DomainFaults(hold_until=4)
+    faults = DomainFaults(hold_until=4, expected=len(names))
     b = await world.node("b", SHUTOFF, names, cfg=world.cfg(parallel=4), faults=faults, workers=24)
     rec = await b.ex.start(StartRequest(token="e", takeover="cold_start"))
     assert rec.outcome == "succeeded", rec.error
@@ -288,15 +288,15 @@ async def test_stop_waits_for_a_start_abandoned_in_its_thread(world: World) -> N
     faults.slow_create = {"plc2": 1.0}
     b = await world.node("b", SHUTOFF, faults=faults)
     task = asyncio.create_task(b.ex.start(StartRequest(token="e", takeover="cold_start")))
-    await until(lambda: b.ex.in_flight is not None and b.ex.in_flight.current == "vms", 5, "the VM step")
-    await asyncio.sleep(0.3)  # plc1 and plc3 are up, plc2's create is sleeping in its thread
-    task.cancel()
+    await until(lambda: "plc2" in faults.entered, 10, "plc2's create to begin")
+    task.cancel()  # the daemon stops while libvirt is still creating plc2
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    assert "plc2" not in faults.finished
     rec = await b.ex.stop(StopRequest(token=None, mode="destroy"))
     assert rec.outcome == "succeeded", rec.error
-    await asyncio.sleep(1.0)  # past the slow create, had it not been waited for
-    assert all(s[0] == 5 for s in (await b.states(PLC)).values()), await b.states(PLC)
+    assert "plc2" in faults.finished  # the stop waited for it ...
+    assert all(s[0] == 5 for s in (await b.states(PLC)).values()), await b.states(PLC)  # ... and stopped it
 
 
 async def test_client_pool_must_exceed_the_parallel_bound(world: World) -> None:
