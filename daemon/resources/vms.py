@@ -162,10 +162,13 @@ class VmStep:
                 try:
                     async with asyncio.timeout(self.cfg.start_timeout):
                         await self.client.call(lambda c: c.restore(str(consumed)))
-                except (TimeoutError, libvirt.libvirtError, LibvirtUnavailable) as e:
-                    why = f"did not finish within {self.cfg.start_timeout:g} s" if isinstance(e, TimeoutError) else str(e)
-                    log.warning("restoring %s from %s failed (%s); cold-booting it instead", name, consumed.name, why)
-                    return await self._cold_boot(ctx, name, f"restore failed ({why}), cold-booted instead")
+                except TimeoutError:
+                    # Still running in libvirt: a cold boot now would race it. Report; the monitor shows the outcome.
+                    raise ResourceError(f"restoring {name} did not finish within {self.cfg.start_timeout:g} s "
+                                        "(it may still come up)") from None
+                except (libvirt.libvirtError, LibvirtUnavailable) as e:
+                    log.warning("restoring %s from %s failed (%s); cold-booting it instead", name, consumed.name, e)
+                    return await self._cold_boot(ctx, name, f"restore failed ({e}), cold-booted instead")
                 await self._after_restore(name)
                 return f"restored from its save image ({info.token.id if info.token else '?'})"
             if info is not None:

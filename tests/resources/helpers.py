@@ -121,6 +121,11 @@ class ConnProxy:
     def lookupByName(self, name: str) -> Any:
         return DomProxy(self._conn.lookupByName(name), self._faults)
 
+    def restore(self, path: str) -> int:
+        if self._faults.slow_restore:
+            time.sleep(self._faults.slow_restore)
+        return int(self._conn.restore(path))
+
 
 class DomProxy:
     def __init__(self, dom: Any, faults: DomainFaults) -> None:
@@ -158,6 +163,7 @@ class DomainFaults:
         self.started = 0
         self.ignore_shutdown: set[str] = set()
         self.slow_create: dict[str, float] = {}
+        self.slow_restore = 0.0
         self.entered: list[str] = []  # create() calls begun, by domain
         self.finished: list[str] = []  # ... and ended
         self.shutdowns_ignored: list[str] = []

@@ -148,6 +148,21 @@ async def test_restore_that_libvirt_rejects_falls_back_to_cold_boot(world: World
     assert "plc2.save" not in world.files()  # consumed: never tried again
 
 
+async def test_restore_past_its_deadline_is_a_failure_not_a_racing_cold_boot(world: World) -> None:
+    a = await world.node("a", RUNNING)
+    faults = DomainFaults()
+    faults.slow_restore = 0.6
+    b = await world.node("b", SHUTOFF, cfg=world.cfg(start_timeout=0.2), faults=faults)
+    await a.ex.stop(save())
+    rec = await b.ex.start(handover())
+    assert rec.outcome == "succeeded"  # per-VM failures do not roll the group back
+    assert [f.vm for f in b.ex.failures] == PLC
+    assert "did not finish within 0.2 s (it may still come up)" in b.ex.failures[0].reason
+    assert faults.entered == []  # no cold boot raced the restores
+    assert await b.client.drain(10)
+    assert await b.states(PLC) == {n: (1, RESTORED) for n in PLC}  # they did come up, restored
+
+
 async def test_image_never_restored_twice_after_a_crash_between_restore_and_cleanup(world: World,
                                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = await world.node("a", RUNNING), await world.node("b", SHUTOFF)
