@@ -108,7 +108,7 @@ class RedfishAgent(FenceAgent):
         if not isinstance(coll, str):
             raise DeviceError(Outcome.FAILED, "service root has no Systems collection")
         members = (await self._get_json(c, coll, deadline)).get("Members") or []
-        paths = [m.get("@odata.id") for m in members if isinstance(m, dict) and isinstance(m.get("@odata.id"), str)]
+        paths = [str(m["@odata.id"]) for m in members if isinstance(m, dict) and isinstance(m.get("@odata.id"), str)]
         if len(paths) != 1:
             raise DeviceConfigError(f"{self.name}: the service at {self._base} has {len(paths)} systems ({', '.join(paths) or 'none'}); "
                                     "set `system` to the one that powers the peer")

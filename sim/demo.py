@@ -8,6 +8,7 @@ runtime issue lands.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import sys
 import tempfile
@@ -50,7 +51,7 @@ def main() -> int:
         for c in cfgs:
             daemons.append(DaemonProcess(c).start())
         for d in daemons:
-            wait_for(lambda d=d: answers(d), 20, f"{d.config.stem} to answer")
+            wait_for(functools.partial(answers, d), 20, f"{d.config.stem} to answer")
         print(f"   both answering after {time.monotonic() - t0:.2f} s")
         for c in cfgs:
             step(f"clevervm status on {c.stem}")
