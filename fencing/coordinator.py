@@ -392,7 +392,14 @@ class FenceCoordinator:
         op.status.phase = Phase.RECORDING
         # Shielded: once the evidence is in hand, cancelling the caller must not
         # leave a half-written record behind or skip it.
-        await asyncio.shield(asyncio.to_thread(self.journal.append, rec))
+        try:
+            await asyncio.shield(asyncio.to_thread(self.journal.append, rec))
+        except OSError as e:
+            # The evidence is in hand but not on disk: that is not a confirmed
+            # fence (S1 needs the record). The next request fences again.
+            msg = f"{self.target} read OFF but the fence record could not be written ({e.strerror or e}): not confirmed"
+            self._emit("record_failed", msg, alert=True)
+            return FenceReport(Outcome.FAILED, msg, results=tuple(op.status.last_results))
         report = FenceReport(Outcome.CONFIRMED_OFF, f"{self.target} confirmed off: {'; '.join(rec.evidence[-len(rec.devices):])}", rec,
                              tuple(op.status.last_results))
         self._emit("fence_confirmed", report.message)
@@ -406,7 +413,7 @@ class FenceCoordinator:
                           started=op.status.started, confirmed=max(r.finished for r in results),
                           local_node=self.node, local_boot_id=self.boot_id)
         report = await self._persist(op, rec)
-        if self.after == "on":
+        if report.confirmed and self.after == "on":
             t = asyncio.create_task(self._power_on(op, self.levels[level - 1]))
             self._background.add(t)
             t.add_done_callback(self._background.discard)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-
 from clever_cluster.fencing.identity import IdentityBook, Trust, check_identity
 from clever_cluster.fencing.ipmi import IpmiAgent, IpmiParams
 from clever_cluster.fencing.types import Deadline, Outcome, PowerState, Secret

@@ -59,12 +59,12 @@ async def test_no_argv_options_on_stdin_and_a_scrubbed_environment(tmp_path: Pat
         assert c["argv"] == [FAKE]
         assert "PCMK_service" not in c["env"] and "CLEVER_TEST_LEAK" not in c["env"]
         assert c["env"].get("LANG") == "C"
-    status_call = [c for c in calls(state) if c["action"] == "status"][0]
+    status_call = next(c for c in calls(state) if c["action"] == "status")
     lines = status_call["stdin"].splitlines()
     assert f"password={SECRET}" in lines and "nodename=node2" in lines and lines[-1] == "action=status"
 
 
-async def test_the_fake_agent_refuses_argv_so_the_tests_above_can_fail(tmp_path: Path) -> None:
+def test_the_fake_agent_refuses_argv_so_the_tests_above_can_fail(tmp_path: Path) -> None:
     import subprocess
 
     r = subprocess.run([FAKE, "-o", "status"], capture_output=True, text=True, input="", check=False)
@@ -95,7 +95,7 @@ async def test_hanging_agent_is_killed_with_its_process_group(tmp_path: Path) ->
     assert r.outcome is Outcome.TIMED_OUT and "process group was killed" in r.message
     assert time.monotonic() - t0 < 5
     child = int((state / "child.pid").read_text())
-    agent_pid = [c["pid"] for c in calls(state) if c["action"] == "off"][0]
+    agent_pid = next(c["pid"] for c in calls(state) if c["action"] == "off")
 
     def gone(pid: int) -> bool:
         try:
@@ -105,6 +105,17 @@ async def test_hanging_agent_is_killed_with_its_process_group(tmp_path: Path) ->
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
     wait_for(lambda: gone(child) and gone(agent_pid), 5, "the agent and its SIGTERM-ignoring child to be gone")
+
+
+def _command_lines() -> list[bytes]:
+    seen = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                seen.append(Path(f"/proc/{pid}/cmdline").read_bytes())
+            except OSError:
+                pass
+    return seen
 
 
 async def test_secret_is_never_on_a_command_line(tmp_path: Path) -> None:
@@ -117,13 +128,7 @@ async def test_secret_is_never_on_a_command_line(tmp_path: Path) -> None:
             break
         await asyncio.sleep(0.05)
     assert (state / "child.pid").exists()
-    seen = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                seen.append(Path(f"/proc/{pid}/cmdline").read_bytes())
-            except OSError:
-                pass
+    seen = _command_lines()
     assert seen and not any(SECRET.encode() in c for c in seen)
     r = await task
     assert SECRET not in repr(r) and SECRET not in a.describe()

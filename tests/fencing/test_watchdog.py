@@ -61,7 +61,7 @@ def test_refuses_alarm_only_and_a_timeout_shorter_than_a_restart(tmp_path: Path)
     with pytest.raises(WatchdogRefused, match="only raises an alarm"):
         SelfFenceGuard(FileWatchdog(tmp_path / "a", options=WDIOF_ALARMONLY | 0x180), 60, lambda: True).arm()
     dev = FileWatchdog(tmp_path / "b")
-    with pytest.raises(WatchdogRefused, match="outlast|exceed a daemon restart"):
+    with pytest.raises(WatchdogRefused, match=r"exceed a daemon restart"):
         SelfFenceGuard(dev, 15, lambda: True, restart_allowance=20).arm()
     assert dev.lines() == []  # refused before the device was even opened
 
