@@ -207,9 +207,10 @@ class FenceCoordinator:
             if not op.operator.done():
                 op.operator.set_result(conf)
             report = await asyncio.shield(op.task)
-            if report.record is None:
-                raise ConfirmRefused(f"the fence operation ended without a record: {report.message}")
-            return report.record
+            if report.record is not None:
+                return report.record
+            # The operation ended (gate, cancel) before it took the confirmation:
+            # the confirmation stands on its own.
         rec = self._operator_record(episode, target_incarnation, conf, now_wall())
         await asyncio.to_thread(self.journal.append, rec)
         self._emit("fence_confirmed", f"{self.target} confirmed off by operator {operator}", alert=True)
@@ -317,6 +318,14 @@ class FenceCoordinator:
         st = op.status
         for li, level in enumerate(self.levels, 1):
             st.level = li
+            if li > 1:
+                # Level 1 may have taken its whole budget: the gate decided
+                # before it is not fresh any more (S7).
+                self._check_heard(op)
+                if not await self._gate_open():
+                    self._emit("gate_closed", f"not trying level {li} on {self.target}: no gateway reachable from here", alert=True)
+                    return FenceReport(Outcome.GATE_CLOSED, f"gateway gate closed before level {li}: this node is probably isolated",
+                                       results=tuple(st.last_results))
             results: list[FenceResult] = []
             for agent in level:
                 st.device = agent.name
@@ -356,7 +365,11 @@ class FenceCoordinator:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
                 return op.operator.result()
-            r = task.result()
+            try:
+                r = task.result()
+            except Exception as e:
+                log.exception("fence agent %s raised", agent.name)
+                r = agent.result("off", Outcome.FAILED, [f"agent error: {type(e).__name__}: {e}"], started)
             r = dataclasses.replace(r, attempts=attempt)
             if r.confirmed or r.outcome in (Outcome.CONTRADICTION, Outcome.REFUSED) or attempt >= self.device_attempts:
                 return r

@@ -121,7 +121,9 @@ class StockAgent(FenceAgent):
         self.shares_peer_power = base in BMC_AGENTS  # type: ignore[misc]
 
     def describe(self) -> str:
-        return f"{os.path.basename(self.params.agent)}"
+        # The options say which device and outlet; secrets are not options.
+        opts = " ".join(f"{k}={v}" for k, v in sorted(self.params.options.items()))
+        return f"{os.path.basename(self.params.agent)} {opts}".strip()
 
     def path(self) -> str:
         a = self.params.agent
@@ -167,8 +169,11 @@ class StockAgent(FenceAgent):
             with contextlib.suppress(ProcessLookupError):
                 await asyncio.shield(proc.wait())
             raise DeviceError(Outcome.TIMED_OUT, f"{os.path.basename(path)} action={action} did not finish before the deadline; its process group was killed") from None
-        # The agent is done; nothing it started may outlive it.
-        self._kill_group(proc.pid)
+        # The agent is done; nothing it started may outlive it. Its group id
+        # cannot be reused while a member lives, and with none left there is
+        # nothing to kill (and the number might belong to someone else).
+        if _group_has_members(proc.pid):
+            self._kill_group(proc.pid)
         rc = proc.returncode
         assert rc is not None
         return rc, self._redact(out.decode(errors="replace")).strip(), self._redact(err.decode(errors="replace")).strip()
@@ -296,6 +301,21 @@ class StockAgent(FenceAgent):
             reading = await self.status(deadline)
             return self.on_result(reading.state is PowerState.ON and reading.outcome is None,
                                   [f"action=on exited 0; {reading.detail}"], started)
+
+
+def _group_has_members(pgid: int) -> bool:
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # Fields after the parenthesised command name: state ppid pgrp ...
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 2 and fields[2] == str(pgid):
+            return True
+    return False
 
 
 def read_secret_file(path: Path) -> dict[str, Secret]:

@@ -316,3 +316,32 @@ async def test_a_record_that_cannot_be_written_is_not_a_confirmation(tmp_path: P
     assert r.outcome is Outcome.FAILED and not r.confirmed and "could not be written" in r.message
     await asyncio.sleep(0.05)
     assert "on" not in dev.calls
+
+
+async def test_an_agent_that_raises_is_a_failed_attempt_and_the_next_level_is_tried(tmp_path: Path) -> None:
+    broken = FakeAgent("bmc")
+
+    async def boom(deadline: Any) -> Any:
+        raise RuntimeError("library bug")
+
+    broken.off = boom  # type: ignore[method-assign]
+    pdu = FakeAgent("pdu")
+    r = await coordinator(tmp_path, [[broken], [pdu]], World(), after="off", device_attempts=1).fence(req())
+    assert r.confirmed and r.record is not None and r.record.devices == ("pdu",)
+
+
+async def test_gate_is_taken_again_before_a_later_level(tmp_path: Path) -> None:
+    w = World()
+    first = FakeAgent("bmc", [Outcome.TIMED_OUT])
+    orig = first.off
+
+    async def off_then_isolated(deadline: Any) -> Any:
+        r = await orig(deadline)
+        w.gate_open = False  # this node lost its uplink while level 1 ran
+        return r
+
+    first.off = off_then_isolated  # type: ignore[method-assign]
+    second = FakeAgent("pdu")
+    r = await coordinator(tmp_path, [[first], [second]], w, device_attempts=1).fence(req())
+    assert r.outcome is Outcome.GATE_CLOSED and second.calls == []
+    assert len(w.gate_calls) == 2
