@@ -38,7 +38,7 @@ from .agent import DeviceError, FenceAgent
 from .identity import IdentityBook, IdentityVerdict, Trust, same_machine
 from .journal import FenceJournal, FenceRecord
 from .manual import ConfirmRefused, ManualAgent, OperatorConfirmation, check_confirmation
-from .types import Deadline, Episode, FenceResult, Outcome, PowerOnResult, now_wall
+from .types import Deadline, Episode, FenceResult, Outcome, PowerOnResult, PowerState, now_wall
 
 log = logging.getLogger("clever_cluster.fencing")
 
@@ -215,6 +215,21 @@ class FenceCoordinator:
         await asyncio.to_thread(self.journal.append, rec)
         self._emit("fence_confirmed", f"{self.target} confirmed off by operator {operator}", alert=True)
         return rec
+
+    async def peer_reads_off(self) -> bool:
+        """Whether every device of some level reads the peer OFF right now.
+
+        For the policy's "no delay when the peer's device already reports it
+        off" (DESIGN 4.4). Read-only, trusted devices only; it is never
+        fencing evidence: only a fence operation writes a record.
+        """
+        for level in self.levels:
+            if any(isinstance(a, ManualAgent) or not self.identity.trusted(a.name, self._peer_mid()) for a in level):
+                continue
+            readings = [await a.status(Deadline.after(min(a.timeout, 10.0))) for a in level]
+            if all(r.outcome is None and r.state is PowerState.OFF for r in readings):
+                return True
+        return False
 
     async def aclose(self) -> None:
         self.cancel("shutting down")

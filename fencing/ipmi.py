@@ -99,7 +99,7 @@ class _Session:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
-    async def close(self) -> None:
+    async def close(self, deadline: Deadline) -> None:
         """Log out (the worker does so at end of input); kill it if it lingers."""
         if self.proc is None:
             return
@@ -107,7 +107,8 @@ class _Session:
             with contextlib.suppress(Exception):
                 self.proc.stdin.close()
         try:
-            await asyncio.wait_for(self.proc.wait(), timeout=3)
+            # A logout may not hold the operation much past its deadline.
+            await asyncio.wait_for(self.proc.wait(), timeout=max(0.5, min(3.0, deadline.remaining())))
         except TimeoutError:
             self.kill()
             await self.proc.wait()
@@ -131,7 +132,7 @@ class IpmiAgent(FenceAgent):
             await s.open(deadline)
             yield s
         finally:
-            await asyncio.shield(s.close())
+            await asyncio.shield(s.close(deadline))
 
     async def status(self, deadline: Deadline) -> PowerReading:
         try:

@@ -64,11 +64,13 @@ class DeviceMonitor:
         self._rng = rng or random.Random()
 
     async def check_device(self, level: int, agent: FenceAgent) -> DeviceCheck:
-        deadline = Deadline.after(agent.timeout)
         self.last_checked[agent.name] = time.monotonic()
-        health = await agent.monitor(deadline)
-        verdict = await check_identity(agent, peer_machine_id=self._peer_mid(), own_machine_id=self.own_machine_id,
-                                       peer_heard=self._heard(), deadline=deadline)
+        # One operation per device at a time: a check never competes with a fence for a BMC's few sessions.
+        async with agent.lock:
+            deadline = Deadline.after(agent.timeout)
+            health = await agent.monitor(deadline)
+            verdict = await check_identity(agent, peer_machine_id=self._peer_mid(), own_machine_id=self.own_machine_id,
+                                           peer_heard=self._heard(), deadline=deadline)
         verdict = self.identity.record(verdict)
         result = DeviceCheck(level, health, verdict)
         self.results[agent.name] = result

@@ -345,3 +345,17 @@ async def test_gate_is_taken_again_before_a_later_level(tmp_path: Path) -> None:
     r = await coordinator(tmp_path, [[first], [second]], w, device_attempts=1).fence(req())
     assert r.outcome is Outcome.GATE_CLOSED and second.calls == []
     assert len(w.gate_calls) == 2
+
+
+async def test_peer_reads_off_needs_every_device_of_a_trusted_level(tmp_path: Path) -> None:
+    from clever_cluster.fencing.types import PowerState
+
+    a, b = FakeAgent("pdu-a"), FakeAgent("pdu-b")
+    c = coordinator(tmp_path, [[a, b]], World())
+    a.power = PowerState.OFF
+    assert not await c.peer_reads_off()
+    b.power = PowerState.OFF
+    assert await c.peer_reads_off()
+    untrusted = coordinator(tmp_path / "u", [[a, b]], World(), book=IdentityBook({"pdu-a": "x", "pdu-b": "y"}))
+    assert not await untrusted.peer_reads_off()
+    assert "off" not in a.calls and c.record_for(EP) is None
