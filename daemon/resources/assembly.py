@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 from ..config import Config
 from .base import GateCheck
@@ -46,6 +47,16 @@ class ResourceGroup:
         if await self.libvirt.wait_connected(connect_timeout):
             await self.monitor.refresh()
         self._task = asyncio.create_task(self.monitor.run(), name="vm monitor")
+
+    def status(self, runs: int = 5) -> dict[str, Any]:
+        """For ``clevervm status``: the sequence in flight, the last runs with their phase timings, VM states."""
+        ex = self.executor
+        return {
+            "sequence": ex.in_flight.to_json() if ex.in_flight else None,
+            "history": [r.to_json() for r in ex.history[-runs:]],
+            "failures": [f.to_json() for f in ex.failures[-20:]],
+            "vms": self.monitor.facts.to_json(),
+        }
 
     async def close(self) -> None:
         if self._task is not None:

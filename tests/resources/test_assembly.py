@@ -4,6 +4,7 @@ an address in a network namespace, the libvirt test driver; DRBD is the in-test 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,10 @@ def test_group_from_configuration_moves_between_two_nodes(tmp_path: Path, ext4: 
             assert rec.outcome == "succeeded", rec.error
             assert [p.step for p in rec.phases] == ["vms", "ip", "filesystem", "drbd"]
             assert not group.filesystem.state().mounted
+            st = group.status()
+            assert st["sequence"] is None and [r["kind"] for r in st["history"]] == ["start", "stop"]
+            assert st["history"][1]["phases"][0]["detail"] == "plc1: saved; plc2: saved"
+            assert json.dumps(st)  # plain JSON for the control socket
         finally:
             await group.close()
 
