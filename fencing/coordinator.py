@@ -5,8 +5,9 @@ Sequence of one operation (DESIGN 4.4, 8):
   -> the delay decided by the policy (applied once, before the first device;
      the peer heard again cancels)
   -> a fresh gateway gate (S7: an isolated node does not shoot)
-  -> levels in order; every device of a level must confirm OFF; before each
-     device action the peer's heartbeat is re-checked (heard: cancel) and the
+  -> levels in order; every device of a level must confirm OFF; before and
+     during each device action the peer's heartbeat is checked (heard: the
+     action is stopped, its process killed, and the fence cancelled) and the
      device's identity is checked (untrusted or mismatched: refused, no power
      action); failed attempts are retried with backoff inside the device's
      own budget
@@ -21,6 +22,9 @@ Invariants:
 - A record is looked up by the whole episode and never serves another one.
 - One operation per target: the daemon loop, the DRBD fence-peer handler and
   ``clevervm fence`` join it. A caller that stops waiting does not stop it.
+- No device action outlives its operation: when an operation ends (operator,
+  peer heard, ``cancel()``, superseded) its running agent call is cancelled
+  and awaited, so a power-off not yet sent is never sent later.
 - Nothing is reported confirmed before the record is on disk.
 """
 
@@ -372,14 +376,16 @@ class FenceCoordinator:
         while True:
             attempt += 1
             op.status.attempts += 1
-            task = asyncio.create_task(agent.off(deadline))
-            waiters: set[asyncio.Future[Any]] = {task, op.operator}
-            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            if task not in done:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-                return op.operator.result()
+            task = asyncio.create_task(agent.off(deadline), name=f"fence-{agent.name}-off")
+            try:
+                conf = await self._watch_device(op, task)
+            finally:
+                # However this operation ends (operator, peer heard, cancel()),
+                # the device action ends with it: a power-off not yet sent is
+                # never sent by an agent left running on its own.
+                await _stop(task)
+            if conf is not None:
+                return conf
             try:
                 r = task.result()
             except Exception as e:
@@ -390,9 +396,20 @@ class FenceCoordinator:
                 return r
             if isinstance(agent, ManualAgent) or deadline.remaining() <= pause:
                 return r
-            self._check_heard(op)
-            await asyncio.sleep(pause)
+            conf = await self._wait(op, pause)
+            if conf is not None:
+                return conf
             pause = min(pause * 2, DEVICE_RETRY_MAX)
+
+    async def _watch_device(self, op: _Operation, task: asyncio.Task[FenceResult]) -> OperatorConfirmation | None:
+        """Wait for a device action; the operator's confirmation ends it, the peer heard again cancels it."""
+        waiters: set[asyncio.Future[Any]] = {task, op.operator}
+        while True:
+            done, _ = await asyncio.wait(waiters, timeout=HEARD_POLL, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                return None
+            if op.operator.done():
+                return op.operator.result()
             self._check_heard(op)
 
     async def _identity_refusal(self, agent: FenceAgent, deadline: Deadline) -> str | None:
@@ -473,3 +490,12 @@ class FenceCoordinator:
                 self._on_event(FenceEvent(kind, self.target, message, result, alert))
             except Exception:
                 log.exception("fence event observer failed")
+
+
+async def _stop(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` if it still runs and wait until it has really ended."""
+    if not task.done():
+        task.cancel()
+        await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()  # retrieved here; the caller reads the result when it wants it
