@@ -38,7 +38,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from .agent import DeviceError, FenceAgent
+from .agent import FenceAgent, error_text
 from .identity import IdentityBook, IdentityVerdict, Trust, same_machine
 from .journal import FenceJournal, FenceRecord
 from .manual import ConfirmRefused, ManualAgent, OperatorConfirmation, check_confirmation
@@ -230,10 +230,18 @@ class FenceCoordinator:
         for level in self.levels:
             if any(isinstance(a, ManualAgent) or not self.identity.trusted(a.name, self._peer_mid()) for a in level):
                 continue
-            readings = [await a.status(Deadline.after(min(a.timeout, 10.0))) for a in level]
-            if all(r.outcome is None and r.state is PowerState.OFF for r in readings):
+            if all([await self._reads_off(a) for a in level]):
                 return True
         return False
+
+    @staticmethod
+    async def _reads_off(agent: FenceAgent) -> bool:
+        try:
+            r = await agent.status(Deadline.after(min(agent.timeout, 10.0)))
+        except Exception as e:  # noqa: BLE001 - no reading is not OFF
+            log.warning("status of %s failed: %s", agent.name, error_text(e))
+            return False
+        return r.outcome is None and r.state is PowerState.OFF
 
     async def aclose(self) -> None:
         self.cancel("shutting down")
@@ -423,8 +431,8 @@ class FenceCoordinator:
         assert expected is not None
         try:
             reported = await agent.machine_id(deadline.earliest(agent.timeout / 3))
-        except DeviceError as e:
-            return f"cannot re-read the machine id before powering off: {e.message}"
+        except Exception as e:  # noqa: BLE001 - a device that cannot say what it controls is not used; the next level is tried
+            return f"cannot re-read the machine id before powering off: {error_text(e)}"
         if same_machine(reported, self.own_machine_id) or not same_machine(reported, expected):
             v = self.identity.record(IdentityVerdict(agent.name, Trust.MISMATCH,
                                                      f"now reports machine id {reported}; the peer's is {expected}", reported, expected, now_wall()))

@@ -17,10 +17,15 @@ from typing import Any
 
 from clever_cluster.fencing.coordinator import FenceCoordinator, FenceRequest, Phase
 from clever_cluster.fencing.identity import IdentityBook, IdentityVerdict, Trust
+from clever_cluster.fencing.ipmi import IpmiAgent, IpmiParams
 from clever_cluster.fencing.journal import FenceJournal
-from clever_cluster.fencing.types import Deadline, Episode, Outcome, PowerState
+from clever_cluster.fencing.monitor import DeviceMonitor, check_report
+from clever_cluster.fencing.redfish import RedfishAgent, RedfishParams
+from clever_cluster.fencing.types import Deadline, Episode, Outcome, PowerState, Secret
 
-from .emulators import OWN_UUID, PEER_UUID
+from .emulators import BMC_PASSWORD, BMC_USER, OWN_UUID, PEER_UUID, sushy
+from .test_redfish import OTHER as OTHER_SYSTEM
+from .test_redfish import PEER as PEER_SYSTEM
 from .test_stock import ipmilan
 
 EP = Episode("node2", 4, "boot-2", 1)
@@ -109,3 +114,49 @@ async def test_peer_heard_during_a_device_action_stops_it_before_the_power_off(b
     assert r.outcome is Outcome.CANCELLED and not r.confirmed and c.record_for(EP) is None
     await until(lambda: not dev.lock.locked(), 30, "the device to be free again")
     assert "power_off" not in b.names(), b.events()
+
+
+# --------------------------------------------------------------------------- a device that raises the unexpected
+
+
+def ipmi_agent(port: int) -> Any:
+    return IpmiAgent("bmc-ipmi", IpmiParams("127.0.0.1", port, BMC_USER, Secret(BMC_PASSWORD.encode())), timeout=15)
+
+
+def two_system_redfish(url: str) -> RedfishAgent:
+    """A Redfish service that now lists two systems while `system` is not configured (it had one when verified)."""
+    return RedfishAgent("bmc-rf", RedfishParams(url, "fence", Secret(b"pw")), timeout=10, poll_interval=0.3)
+
+
+async def test_a_level_whose_device_raises_a_config_error_falls_back_to_the_next_level(bmc_factory, tmp_path: Path) -> None:
+    b = bmc_factory("immediate")
+    with sushy(tmp_path / "rf", [PEER_SYSTEM, OTHER_SYSTEM]) as s:
+        rf, ipmi = two_system_redfish(s.url), ipmi_agent(b.port)
+        c = coordinator(tmp_path, [[rf], [ipmi]], World())
+        r = await asyncio.wait_for(c.fence(req()), 60)
+        assert r.confirmed and r.record is not None and r.record.level == 2, r
+        assert any(x.device == "bmc-rf" and x.outcome is Outcome.REFUSED and "2 systems" in x.message for x in r.results), r.results
+        assert "power_off" in b.names()
+
+
+async def test_the_device_monitor_survives_a_device_that_raises(bmc_factory, tmp_path: Path) -> None:
+    b = bmc_factory("immediate")
+    with sushy(tmp_path / "rf", [PEER_SYSTEM, OTHER_SYSTEM]) as s:
+        rf, ipmi = two_system_redfish(s.url), ipmi_agent(b.port)
+        book = IdentityBook({a.name: a.describe() for a in (rf, ipmi)})
+        m = DeviceMonitor([[rf], [ipmi]], book, own_machine_id=OWN_UUID, peer_machine_id=lambda: PEER_UUID,
+                          peer_heard=lambda: True, peer="node2")
+        results = await asyncio.wait_for(m.check_all(), 60)
+        by_name = {c.health.device: c for c in results}
+        assert set(by_name) == {"bmc-rf", "bmc-ipmi"}
+        assert not by_name["bmc-rf"].usable and "2 systems" in by_name["bmc-rf"].identity.message
+        assert by_name["bmc-ipmi"].usable, by_name["bmc-ipmi"]
+        lines, red = await check_report(m, priority_delay=15, peer_level1_budget=10, detection=1.1)
+        assert red.grade != "ok" and any("bmc-rf" in x.text for x in lines)
+
+
+async def test_peer_reads_off_survives_a_device_that_raises(bmc_factory, tmp_path: Path) -> None:
+    b = bmc_factory("immediate", power="off")
+    with sushy(tmp_path / "rf", [PEER_SYSTEM, OTHER_SYSTEM]) as s:
+        c = coordinator(tmp_path, [[two_system_redfish(s.url)], [ipmi_agent(b.port)]], World())
+        assert await asyncio.wait_for(c.peer_reads_off(), 60) is True
