@@ -164,11 +164,14 @@ class StockAgent(FenceAgent):
             env=dict(SCRUBBED_ENV), start_new_session=True, close_fds=True)
         try:
             out, err = await asyncio.wait_for(proc.communicate(self._stdin(action, with_options)), timeout=max(0.0, deadline.remaining()))
-        except (TimeoutError, asyncio.CancelledError):
-            self._kill_group(proc.pid)
-            with contextlib.suppress(ProcessLookupError):
-                await asyncio.shield(proc.wait())
+        except TimeoutError:
+            await self._end_group(proc)
             raise DeviceError(Outcome.TIMED_OUT, f"{os.path.basename(path)} action={action} did not finish before the deadline; its process group was killed") from None
+        except asyncio.CancelledError:
+            # The caller gave up (shutdown, the fence ended): kill the agent
+            # and let the cancellation go on; it is not a device result.
+            await self._end_group(proc)
+            raise
         # The agent is done; nothing it started may outlive it. Its group id
         # cannot be reused while a member lives, and with none left there is
         # nothing to kill (and the number might belong to someone else).
@@ -177,6 +180,11 @@ class StockAgent(FenceAgent):
         rc = proc.returncode
         assert rc is not None
         return rc, self._redact(out.decode(errors="replace")).strip(), self._redact(err.decode(errors="replace")).strip()
+
+    async def _end_group(self, proc: asyncio.subprocess.Process) -> None:
+        self._kill_group(proc.pid)
+        with contextlib.suppress(ProcessLookupError):
+            await asyncio.shield(proc.wait())
 
     @staticmethod
     def _kill_group(pgid: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,7 @@ from clever_cluster.fencing.types import Deadline, Episode, Outcome, PowerState,
 from .emulators import BMC_PASSWORD, BMC_USER, OWN_UUID, PEER_UUID, sushy
 from .test_redfish import OTHER as OTHER_SYSTEM
 from .test_redfish import PEER as PEER_SYSTEM
-from .test_stock import ipmilan
+from .test_stock import fake, ipmilan
 
 EP = Episode("node2", 4, "boot-2", 1)
 
@@ -160,3 +161,31 @@ async def test_peer_reads_off_survives_a_device_that_raises(bmc_factory, tmp_pat
     with sushy(tmp_path / "rf", [PEER_SYSTEM, OTHER_SYSTEM]) as s:
         c = coordinator(tmp_path, [[two_system_redfish(s.url)], [ipmi_agent(b.port)]], World())
         assert await asyncio.wait_for(c.peer_reads_off(), 60) is True
+
+
+# --------------------------------------------------------------------------- cancellation of a stock agent
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+
+
+async def test_cancelling_the_monitor_during_a_stock_agent_call_ends_it(tmp_path: Path) -> None:
+    """Shutdown cancels the monitor task while fence_* hangs in action=monitor: the
+    cancellation must end the task (and kill the agent's group), not be turned into
+    a failed reading after which the monitor carries on forever."""
+    a, state = fake(tmp_path, {"hang": ["monitor"]})
+    book = IdentityBook({a.name: a.describe()})
+    m = DeviceMonitor([[a]], book, own_machine_id=OWN_UUID, peer_machine_id=lambda: PEER_UUID, peer_heard=lambda: True, peer="node2")
+    task = asyncio.create_task(m.run())
+    await until(lambda: (state / "child.pid").exists(), 20, "the agent to hang in action=monitor")
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=10)
+    assert task in done, "the monitor task did not end when cancelled"
+    assert task.cancelled()
+    child = int((state / "child.pid").read_text())
+    await until(lambda: _gone(child), 5, "the agent's SIGTERM-ignoring child to be killed")
