@@ -38,7 +38,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from .agent import FenceAgent, error_text
+from .agent import REQUIRED_OFF_READS, FenceAgent, error_text
 from .identity import IdentityBook, IdentityVerdict, Trust, same_machine
 from .journal import FenceJournal, FenceRecord
 from .manual import ConfirmRefused, ManualAgent, OperatorConfirmation, check_confirmation
@@ -224,8 +224,9 @@ class FenceCoordinator:
         """Whether every device of some level reads the peer OFF right now.
 
         For the policy's "no delay when the peer's device already reports it
-        off" (DESIGN 4.4). Read-only, trusted devices only; it is never
-        fencing evidence: only a fence operation writes a record.
+        off" (DESIGN 4.4). Read-only, trusted devices only, each read OFF on
+        consecutive reads as for a confirmation; it is never fencing
+        evidence: only a fence operation writes a record.
         """
         for level in self.levels:
             if any(isinstance(a, ManualAgent) or not self.identity.trusted(a.name, self._peer_mid()) for a in level):
@@ -236,12 +237,19 @@ class FenceCoordinator:
 
     @staticmethod
     async def _reads_off(agent: FenceAgent) -> bool:
-        try:
-            r = await agent.status(Deadline.after(min(agent.timeout, 10.0)))
-        except Exception as e:  # noqa: BLE001 - no reading is not OFF
-            log.warning("status of %s failed: %s", agent.name, error_text(e))
-            return False
-        return r.outcome is None and r.state is PowerState.OFF
+        """OFF on REQUIRED_OFF_READS consecutive reads: one stray OFF must not drop the priority delay."""
+        deadline = Deadline.after(min(agent.timeout, 10.0))
+        for n in range(REQUIRED_OFF_READS):
+            if n:
+                await asyncio.sleep(min(agent.poll_interval, deadline.remaining()))
+            try:
+                r = await agent.status(deadline)
+            except Exception as e:  # noqa: BLE001 - no reading is not OFF
+                log.warning("status of %s failed: %s", agent.name, error_text(e))
+                return False
+            if r.outcome is not None or r.state is not PowerState.OFF:
+                return False
+        return True
 
     async def aclose(self) -> None:
         self.cancel("shutting down")

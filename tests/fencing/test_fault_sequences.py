@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from clever_cluster.fencing.coordinator import FenceCoordinator, FenceRequest, Phase
 from clever_cluster.fencing.identity import IdentityBook, IdentityVerdict, Trust
@@ -27,6 +30,8 @@ from clever_cluster.fencing.types import Deadline, Episode, Outcome, PowerState,
 from .emulators import BMC_PASSWORD, BMC_USER, OWN_UUID, PEER_UUID, sushy
 from .test_redfish import OTHER as OTHER_SYSTEM
 from .test_redfish import PEER as PEER_SYSTEM
+from .test_redfish import FakeRedfish
+from .test_redfish import _Handler as _RedfishHandler
 from .test_stock import fake, ipmilan
 
 EP = Episode("node2", 4, "boot-2", 1)
@@ -189,3 +194,44 @@ async def test_cancelling_the_monitor_during_a_stock_agent_call_ends_it(tmp_path
     assert task.cancelled()
     child = int((state / "child.pid").read_text())
     await until(lambda: _gone(child), 5, "the agent's SIGTERM-ignoring child to be killed")
+
+
+# --------------------------------------------------------------------------- one stray OFF reading
+
+
+class _FlappingHandler(_RedfishHandler):
+    """The system resource reads PowerState from a list, one entry per GET (the last one repeats)."""
+
+    def do_GET(self) -> None:
+        srv: Any = self.server
+        if self.path == "/redfish/v1/Systems/1" and srv.power_states:
+            state = srv.power_states.pop(0) if len(srv.power_states) > 1 else srv.power_states[0]
+            self._json(200, {**srv.system, "PowerState": state})
+        else:
+            super().do_GET()
+
+
+@pytest.fixture
+def flapping_rf() -> Iterator[FakeRedfish]:
+    srv = FakeRedfish()
+    srv.RequestHandlerClass = _FlappingHandler
+    srv.power_states = []  # type: ignore[attr-defined]
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+async def test_one_stray_off_reading_does_not_skip_the_priority_delay(flapping_rf: FakeRedfish, tmp_path: Path) -> None:
+    """A BMC that answers PowerState "Off" once (sensor not yet populated after a BMC
+    reset) while the machine runs: peer_reads_off() must not take that single read as
+    "already off" (it would drop the priority delay and start a fence race)."""
+    flapping_rf.power_states = ["Off", "On"]  # type: ignore[attr-defined]
+    rf = RedfishAgent("bmc-rf", RedfishParams(flapping_rf.url, "fence", Secret(b"pw")), timeout=10, poll_interval=0.2)
+    c = coordinator(tmp_path, [[rf]], World())
+    assert await c.peer_reads_off() is False
+    flapping_rf.power_states = ["Off"]  # type: ignore[attr-defined]
+    assert await c.peer_reads_off() is True
