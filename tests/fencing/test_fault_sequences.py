@@ -22,7 +22,7 @@ import pytest
 from clever_cluster.fencing.coordinator import FenceCoordinator, FenceRequest, Phase
 from clever_cluster.fencing.identity import IdentityBook, IdentityVerdict, Trust
 from clever_cluster.fencing.ipmi import IpmiAgent, IpmiParams
-from clever_cluster.fencing.journal import FenceJournal
+from clever_cluster.fencing.journal import FenceJournal, FenceRecord, encode
 from clever_cluster.fencing.monitor import DeviceMonitor, check_report
 from clever_cluster.fencing.redfish import RedfishAgent, RedfishParams
 from clever_cluster.fencing.types import Deadline, Episode, Outcome, PowerState, Secret
@@ -235,3 +235,31 @@ async def test_one_stray_off_reading_does_not_skip_the_priority_delay(flapping_r
     assert await c.peer_reads_off() is False
     flapping_rf.power_states = ["Off"]  # type: ignore[attr-defined]
     assert await c.peer_reads_off() is True
+
+
+# --------------------------------------------------------------------------- the journal after a torn write
+
+
+def _record(ep: Episode) -> FenceRecord:
+    return FenceRecord(episode=ep, target="node2", target_incarnation=ep.peer_incarnation, kind="device", level=1, devices=("bmc",),
+                       evidence=("bmc: read OFF (2/2)",), started=1.0, confirmed=2.0, local_node="node1", local_boot_id="boot-a")
+
+
+def test_a_record_appended_after_a_torn_line_survives_a_restart(tmp_path: Path) -> None:
+    """Power lost mid-append leaves a torn last line without its newline. The next
+    record appended (after the reboot) must not be glued onto it: it would read back
+    as one garbled line and the proof of that episode would vanish at the next start."""
+    first, second = Episode("node2", 4, "boot-2", 1), Episode("node2", 5, "boot-3", 2)
+    j = FenceJournal(tmp_path)
+    j.append(_record(first))
+    line = encode(_record(Episode("node2", 4, "boot-2", 9)))
+    with open(j.path, "ab") as f:
+        f.write(line[: len(line) // 2])  # torn: no newline
+    after_reboot = FenceJournal(tmp_path)
+    assert after_reboot.bad_lines == 1
+    after_reboot.append(_record(second))
+    assert after_reboot.record_for(second) is not None
+    restarted = FenceJournal(tmp_path)
+    assert restarted.record_for(first) == _record(first)
+    assert restarted.record_for(second) == _record(second)
+    assert restarted.bad_lines == 1
