@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import threading
 import time
@@ -263,3 +264,95 @@ def test_a_record_appended_after_a_torn_line_survives_a_restart(tmp_path: Path) 
     assert restarted.record_for(first) == _record(first)
     assert restarted.record_for(second) == _record(second)
     assert restarted.bad_lines == 1
+
+
+# --------------------------------------------------------------------------- Redfish answers that point elsewhere
+
+
+class _RecordingHandler(_RedfishHandler):
+    """Records the Authorization header of every request; can list other members or redirect."""
+
+    def _record(self) -> None:
+        srv: Any = self.server
+        srv.seen.append((self.command, self.path, self.headers.get("Authorization")))
+
+    def do_GET(self) -> None:
+        self._record()
+        srv: Any = self.server
+        if self.path == "/redfish/v1/Systems" and srv.members is not None:
+            self._json(200, {"Members": [{"@odata.id": m} for m in srv.members]})
+        elif self.path == "/redfish/v1/Systems/1" and srv.redirect and srv.posts:
+            body = json.dumps({**srv.system, "PowerState": "Off"}).encode()
+            self.send_response(302)
+            self.send_header("Location", "/login")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        else:
+            super().do_GET()
+
+    def do_POST(self) -> None:
+        self._record()
+        super().do_POST()
+
+
+@pytest.fixture
+def recording_rf() -> Iterator[Callable[[], FakeRedfish]]:
+    servers: list[FakeRedfish] = []
+
+    def start() -> FakeRedfish:
+        srv = FakeRedfish()
+        srv.RequestHandlerClass = _RecordingHandler
+        srv.seen, srv.members, srv.redirect = [], None, False  # type: ignore[attr-defined]
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+async def test_redfish_never_follows_a_member_to_another_host(recording_rf: Callable[[], FakeRedfish]) -> None:
+    """The service lists its only system as an absolute URL on another host (a
+    misbehaving or hostile BMC): the agent must not send the credentials there,
+    nor read power from it, nor power it off."""
+    bmc, elsewhere = recording_rf(), recording_rf()
+    elsewhere.system["PowerState"] = "Off"
+    bmc.members = [f"{elsewhere.url}/redfish/v1/Systems/1"]  # type: ignore[attr-defined]
+    a = RedfishAgent("bmc-rf", RedfishParams(bmc.url, "fence", Secret(b"pw")), timeout=5, poll_interval=0.2)
+    r = await a.off(Deadline.after(5))
+    assert not r.confirmed and r.outcome is Outcome.FAILED and "another" in r.message, r.evidence
+    assert (await a.status(Deadline.after(5))).state is not PowerState.OFF
+    assert not (await a.monitor(Deadline.after(5))).ok
+    assert elsewhere.seen == [], elsewhere.seen  # type: ignore[attr-defined]
+
+
+async def test_redfish_reset_target_on_another_host_is_refused(recording_rf: Callable[[], FakeRedfish]) -> None:
+    bmc, elsewhere = recording_rf(), recording_rf()
+    bmc.system["Actions"]["#ComputerSystem.Reset"]["target"] = f"{elsewhere.url}/redfish/v1/Systems/1/Actions/ComputerSystem.Reset"
+    a = RedfishAgent("bmc-rf", RedfishParams(bmc.url, "fence", Secret(b"pw")), timeout=5, poll_interval=0.2)
+    r = await a.off(Deadline.after(5))
+    assert not r.confirmed and r.outcome is Outcome.FAILED
+    assert elsewhere.seen == [] and elsewhere.posts == []  # type: ignore[attr-defined]
+
+
+async def test_redfish_same_origin_absolute_links_still_work(recording_rf: Callable[[], FakeRedfish]) -> None:
+    bmc = recording_rf()
+    bmc.members = [f"{bmc.url}/redfish/v1/Systems/1"]  # type: ignore[attr-defined]
+    bmc.on_reset = {"PowerState": "Off"}
+    a = RedfishAgent("bmc-rf", RedfishParams(bmc.url, "fence", Secret(b"pw")), timeout=5, poll_interval=0.2)
+    assert await a.machine_id(Deadline.after(5)) == PEER_UUID
+    assert (await a.off(Deadline.after(5))).confirmed
+
+
+async def test_redfish_a_redirect_is_not_the_system(recording_rf: Callable[[], FakeRedfish]) -> None:
+    """After the reset every GET of the system is answered 302 (to a login page) with a
+    body that says PowerState "Off": that body is not the system resource."""
+    bmc = recording_rf()
+    bmc.redirect = True  # type: ignore[attr-defined]
+    a = RedfishAgent("bmc-rf", RedfishParams(bmc.url, "fence", Secret(b"pw")), timeout=3, poll_interval=0.2)
+    r = await a.off(Deadline.after(3))
+    assert not r.confirmed and "302" in " ".join(r.evidence), r.evidence
