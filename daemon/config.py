@@ -20,8 +20,11 @@ import json
 import os
 import stat
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
+
+from clever_cluster.fencing.stock import is_secret_option
 
 from .schema import Problems, format_duration, load_section, opt
 
@@ -403,8 +406,10 @@ def _cross_check(cfg: Config, p: Problems) -> None:
                 for k in dev.options:
                     if k == "action":
                         p.add(f"{where}.options.{k}", "the action is chosen by clever-cluster, not configured")
-                    if k in ("password", "passwd"):
+                    if is_secret_option(k):
                         p.add(f"{where}.options.{k}", "secrets belong in secret_file, not in the configuration")
+            if isinstance(dev, RedfishDevice) and "@" in urllib.parse.urlsplit(dev.url).netloc:
+                p.add(f"{where}.url", "must not hold credentials: use username and password_file")
 
     names: set[str] = set()
     for i, a in enumerate(cfg.alerts):

@@ -79,7 +79,9 @@ class RedfishAgent(FenceAgent):
             self._verify = ssl.create_default_context(cafile=str(params.ca_file) if params.ca_file else None)
 
     def describe(self) -> str:
-        return f"redfish {self._base}{self.params.system or ''} user {self.params.username}"
+        parts = urllib.parse.urlsplit(self._base)
+        shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # never credentials in a URL
+        return f"redfish {shown}{self.params.system or ''} user {self.params.username}"
 
     def _client(self) -> httpx.AsyncClient:
         auth = httpx.BasicAuth(self.params.username.encode(), self.params.password.reveal())

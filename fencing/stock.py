@@ -42,6 +42,14 @@ RESERVED = {"action", "option", "nodename"}
 BMC_AGENTS = {"fence_ipmilan", "fence_ipmilanplus", "fence_idrac", "fence_ilo3", "fence_ilo4", "fence_ilo5", "fence_imm",
               "fence_redfish", "fence_ilo", "fence_ilo_ssh", "fence_ilo_moonshot", "fence_ilo_mp", "fence_ibmblade", "fence_amt_ws"}
 METADATA_TIMEOUT = 10.0
+# Agent parameters that carry a secret (fence-agents' names; any *passw*
+# too): they come from the secret file only, and describe() never shows them.
+SECRET_OPTIONS = frozenset({"password", "passwd", "snmp_priv_passwd", "community", "hexadecimal_kg", "secret_key", "token", "apikey"})
+
+
+def is_secret_option(key: str) -> bool:
+    k = _norm(key).lower()
+    return k in SECRET_OPTIONS or "passw" in k
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +130,7 @@ class StockAgent(FenceAgent):
 
     def describe(self) -> str:
         # The options say which device and outlet; secrets are not options.
-        opts = " ".join(f"{k}={v}" for k, v in sorted(self.params.options.items()))
+        opts = " ".join(f"{k}={'***' if is_secret_option(k) else v}" for k, v in sorted(self.params.options.items()))
         return f"{os.path.basename(self.params.agent)} {opts}".strip()
 
     def path(self) -> str:

@@ -20,13 +20,16 @@ from typing import Any
 
 import pytest
 
+from clever_cluster.daemon import config as cfgmod
 from clever_cluster.fencing.coordinator import FenceCoordinator, FenceRequest, Phase
 from clever_cluster.fencing.identity import IdentityBook, IdentityVerdict, Trust
 from clever_cluster.fencing.ipmi import IpmiAgent, IpmiParams
 from clever_cluster.fencing.journal import FenceJournal, FenceRecord, encode
 from clever_cluster.fencing.monitor import DeviceMonitor, check_report
 from clever_cluster.fencing.redfish import RedfishAgent, RedfishParams
+from clever_cluster.fencing.stock import StockAgent, StockParams
 from clever_cluster.fencing.types import Deadline, Episode, Outcome, PowerState, Secret
+from clever_cluster.sim import configgen
 
 from .emulators import BMC_PASSWORD, BMC_USER, OWN_UUID, PEER_UUID, sushy
 from .test_redfish import OTHER as OTHER_SYSTEM
@@ -356,3 +359,38 @@ async def test_redfish_a_redirect_is_not_the_system(recording_rf: Callable[[], F
     a = RedfishAgent("bmc-rf", RedfishParams(bmc.url, "fence", Secret(b"pw")), timeout=3, poll_interval=0.2)
     r = await a.off(Deadline.after(3))
     assert not r.confirmed and "302" in " ".join(r.evidence), r.evidence
+
+
+# --------------------------------------------------------------------------- secrets in the configuration
+
+
+def _lab_table(tmp_path: Path) -> tuple[dict[str, Any], Path]:
+    node1, _ = configgen.write_pair(tmp_path / "lab")
+    return cfgmod.tomllib.loads(node1.read_text()), node1
+
+
+@pytest.mark.parametrize("key", ["community", "snmp_priv_passwd", "snmp-priv-passwd", "hexadecimal_kg", "secret_key", "token", "apikey", "Password"])
+def test_a_secret_option_of_a_stock_agent_is_refused(tmp_path: Path, key: str) -> None:
+    """fence_apc_snmp's `community` (or an SNMPv3 privacy password, an IPMI Kg key, a cloud
+    token) in `options` would be printed by describe() into status, logs, `clevervm check`
+    and the identity file: it belongs in secret_file, like `password`."""
+    table, node1 = _lab_table(tmp_path)
+    table["fencing"] = {"level": [{"device": [{"type": "fence_agent", "name": "pdu", "agent": "fence_apc_snmp",
+                                               "options": {"ip": "10.0.0.9", "plug": "3", key: "pr1vate-S3cret"}, "machine_id": PEER_UUID}]}]}
+    with pytest.raises(cfgmod.ConfigError, match="secret_file"):
+        cfgmod.from_table(table, node1)
+
+
+def test_a_redfish_url_with_credentials_is_refused(tmp_path: Path) -> None:
+    table, node1 = _lab_table(tmp_path)
+    table["fencing"] = {"level": [{"device": [{"type": "redfish", "name": "rf", "url": "https://fence:pr1vate-S3cret@10.0.9.2",
+                                               "username": "fence", "password": "x"}]}]}
+    with pytest.raises(cfgmod.ConfigError, match="url"):
+        cfgmod.from_table(table, node1)
+
+
+def test_stock_describe_never_shows_a_secret_option(tmp_path: Path) -> None:
+    a = StockAgent("pdu", StockParams("fence_apc_snmp", {"ip": "10.0.0.9", "plug": "3", "community": "pr1vate-S3cret"}, {}, PEER_UUID, "node2"))
+    assert "pr1vate-S3cret" not in a.describe() and "ip=10.0.0.9" in a.describe() and "plug=3" in a.describe()
+    rf = RedfishAgent("rf", RedfishParams("https://fence:pr1vate-S3cret@10.0.9.2", "fence", Secret(b"x")))
+    assert "pr1vate-S3cret" not in rf.describe()
