@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +32,7 @@ from clever_cluster.fencing.stock import StockAgent, StockParams
 from clever_cluster.fencing.types import Deadline, Episode, Outcome, PowerState, Secret
 from clever_cluster.sim import configgen
 
-from .emulators import BMC_PASSWORD, BMC_USER, OWN_UUID, PEER_UUID, sushy
+from .emulators import BMC_PASSWORD, BMC_USER, OTHER_UUID, OWN_UUID, PEER_UUID, sushy
 from .test_redfish import OTHER as OTHER_SYSTEM
 from .test_redfish import PEER as PEER_SYSTEM
 from .test_redfish import FakeRedfish
@@ -394,3 +395,43 @@ def test_stock_describe_never_shows_a_secret_option(tmp_path: Path) -> None:
     assert "pr1vate-S3cret" not in a.describe() and "ip=10.0.0.9" in a.describe() and "plug=3" in a.describe()
     rf = RedfishAgent("rf", RedfishParams("https://fence:pr1vate-S3cret@10.0.9.2", "fence", Secret(b"x")))
     assert "pr1vate-S3cret" not in rf.describe()
+
+
+# --------------------------------------------------------------------------- the identity file
+
+
+async def test_a_verified_device_is_not_rewritten_to_disk_at_every_check(bmc_factory, tmp_path: Path) -> None:
+    """Each monitor pass re-verifies every device; rewriting fence-identity.json (two
+    fsyncs on the event loop) each time stalls the loop under I/O load for nothing."""
+    b = bmc_factory("immediate")
+    ipmi = ipmi_agent(b.port)
+    book = IdentityBook({ipmi.name: ipmi.describe()}, tmp_path)
+    m = DeviceMonitor([[ipmi]], book, own_machine_id=OWN_UUID, peer_machine_id=lambda: PEER_UUID, peer_heard=lambda: True, peer="node2")
+    assert (await m.check_device(1, ipmi)).usable
+    path = tmp_path / IdentityBook.FILENAME
+    first = path.stat().st_ino
+    assert (await m.check_device(1, ipmi)).usable
+    assert path.stat().st_ino == first, "the identity file was rewritten although nothing changed"
+    assert IdentityBook({ipmi.name: ipmi.describe()}, tmp_path).trusted(ipmi.name, PEER_UUID)
+
+
+async def test_an_unwritable_identity_file_does_not_end_the_fence(bmc_factory, tmp_path: Path) -> None:
+    """Level 1's BMC now reports another machine (hardware swapped) while the state
+    directory cannot be written (gone, or remounted read-only): the mismatch must still
+    refuse level 1 and level 2 must fence, not an OSError end the operation."""
+    wrong, right = bmc_factory("immediate", machine_uuid=OTHER_UUID), bmc_factory("immediate")
+    a1 = ipmi_agent(wrong.port)
+    a2 = IpmiAgent("bmc-2", IpmiParams("127.0.0.1", right.port, BMC_USER, Secret(BMC_PASSWORD.encode())), timeout=15)
+    state = tmp_path / "state"
+    state.mkdir()
+    book = IdentityBook({a.name: a.describe() for a in (a1, a2)}, state)
+    for a in (a1, a2):
+        book.record(IdentityVerdict(a.name, Trust.VERIFIED, "verified earlier", PEER_UUID, PEER_UUID))
+    shutil.rmtree(state)
+    c = FenceCoordinator(node="node1", boot_id="boot-1", own_machine_id=OWN_UUID, target="node2", levels=[[a1], [a2]],
+                         journal=FenceJournal(tmp_path), identity=book, gateway_gate=World().gate, peer_heard=World().peer_heard,
+                         peer_machine_id=lambda: PEER_UUID, after="off", max_rounds=1)
+    r = await asyncio.wait_for(c.fence(req()), 60)
+    assert r.confirmed and r.record is not None and r.record.devices == ("bmc-2",), r
+    assert "power_off" not in wrong.names()
+    assert not book.trusted("bmc-ipmi", PEER_UUID)
