@@ -144,7 +144,10 @@ class VmsConfig:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class _DeviceBase:
     name: str = opt(doc="Device name for logs, status and metrics.", pattern=NAME_RE, example="bmc-host2")
-    timeout: float = opt(30.0, "Budget for one operation on this device (power off and its verification).", kind="duration", min=1.0, max=600.0)
+    # 12 s: an IPMI/Redfish power-off typically takes 3-8 s, plus two verifying
+    # reads 1 s apart and the login; and one such device in level 1 plus the
+    # 1.1 s detection stays inside the default 15 s priority_delay.
+    timeout: float = opt(12.0, "Budget for one operation on this device (power off and its verification). A level's budget is the sum of its devices'; keep the first level's budget plus detection below `fencing.priority_delay`.", kind="duration", min=1.0, max=600.0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
