@@ -213,11 +213,16 @@ class FencingConfig:
     level: tuple[FenceLevelConfig, ...] = opt(doc="Fence levels, tried in order. At least one (use a `manual` device if nothing can power off the peer).", nonempty=True)
 
 
+# A daemon restarted by systemd reopens the watchdog well within this; the
+# watchdog's timeout must exceed it.
+WATCHDOG_RESTART_ALLOWANCE = 15.0
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class WatchdogConfig:
     enabled: bool = opt(False, "Use a local hardware watchdog as a self-fence backstop.")
     device: Path = opt(Path("/dev/watchdog"), "Watchdog device.")
-    timeout: float = opt(60.0, "Watchdog timeout; must outlast a daemon restart.", kind="duration", min=5.0, max=600.0)
+    timeout: float = opt(60.0, "Watchdog timeout; must outlast a daemon restart (more than 15s) and be at least 2 x `heartbeat.timeout`.", kind="duration", min=5.0, max=600.0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -357,6 +362,9 @@ def _cross_check(cfg: Config, p: Problems) -> None:
         p.add("fencing.retry_backoff_max", f"must be at least fencing.retry_backoff ({d(cfg.fencing.retry_backoff)})")
     if cfg.watchdog.enabled and cfg.watchdog.timeout < 2 * hb.timeout:
         p.add("watchdog.timeout", f"must be at least 2 x heartbeat.timeout ({d(2 * hb.timeout)}) when the watchdog is enabled")
+    if cfg.watchdog.enabled and int(cfg.watchdog.timeout) <= WATCHDOG_RESTART_ALLOWANCE:
+        p.add("watchdog.timeout", f"must be more than {d(WATCHDOG_RESTART_ALLOWANCE)} (whole seconds) when the watchdog is enabled, "
+                                  f"or a daemon restart resets the node; not {d(cfg.watchdog.timeout)}")
 
     # Links.
     seen_names: set[str] = set()

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from clever_cluster.daemon import config as cfgmod
+from clever_cluster.daemon.fencing_setup import build_watchdog
 from clever_cluster.fencing.coordinator import FenceCoordinator, FenceRequest, Phase
 from clever_cluster.fencing.identity import IdentityBook, IdentityVerdict, Trust
 from clever_cluster.fencing.ipmi import IpmiAgent, IpmiParams
@@ -30,7 +31,9 @@ from clever_cluster.fencing.monitor import DeviceMonitor, check_report
 from clever_cluster.fencing.redfish import RedfishAgent, RedfishParams
 from clever_cluster.fencing.stock import StockAgent, StockParams
 from clever_cluster.fencing.types import Deadline, Episode, Outcome, PowerState, Secret
+from clever_cluster.fencing.watchdog import SelfFenceGuard
 from clever_cluster.sim import configgen
+from clever_cluster.sim.fakewatchdog import FileWatchdog
 
 from .emulators import BMC_PASSWORD, BMC_USER, OTHER_UUID, OWN_UUID, PEER_UUID, sushy
 from .test_redfish import OTHER as OTHER_SYSTEM
@@ -435,3 +438,31 @@ async def test_an_unwritable_identity_file_does_not_end_the_fence(bmc_factory, t
     assert r.confirmed and r.record is not None and r.record.devices == ("bmc-2",), r
     assert "power_off" not in wrong.names()
     assert not book.trusted("bmc-ipmi", PEER_UUID)
+
+
+# --------------------------------------------------------------------------- the watchdog's timeout
+
+
+def test_a_fractional_watchdog_timeout_arms_at_or_below_it(tmp_path: Path) -> None:
+    """watchdog.timeout = "60500ms" was rounded up to 61 s, then refused as "above the
+    configured 60.5s": a valid configuration that cannot start. The device gets the
+    whole seconds at or below the configured value (it resets no later than that)."""
+    dev = FileWatchdog(tmp_path / "wd")
+    g = SelfFenceGuard(dev, 60.5, lambda: True)
+    g.arm()
+    assert g.armed and g.actual_timeout == 60 and dev.lines() == ["open", "timeout 60"]
+
+
+def test_the_configuration_refuses_a_watchdog_timeout_that_arm_would_refuse(tmp_path: Path) -> None:
+    """A watchdog timeout that does not outlast a daemon restart was accepted at load
+    (only >= 2 x heartbeat.timeout was checked) and refused only when the daemon started."""
+    table, node1 = _lab_table(tmp_path)
+    table["watchdog"] = {"enabled": True, "timeout": "10s"}
+    with pytest.raises(cfgmod.ConfigError, match=r"watchdog\.timeout"):
+        cfgmod.from_table(table, node1)
+    table["watchdog"] = {"enabled": True, "timeout": "20s"}
+    g = build_watchdog(cfgmod.from_table(table, node1), lambda: True)
+    assert g is not None
+    g.driver = FileWatchdog(tmp_path / "wd")
+    g.arm()
+    assert g.armed
