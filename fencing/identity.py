@@ -30,6 +30,7 @@ import enum
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from .agent import DeviceError, FenceAgent
@@ -70,10 +71,16 @@ def same_machine(a: str, b: str) -> bool:
     return bool(_variants(a) & _variants(b))
 
 
-async def check_identity(agent: FenceAgent, *, peer_machine_id: str | None, own_machine_id: str, peer_heard: bool,
+async def check_identity(agent: FenceAgent, *, peer_machine_id: str | None, own_machine_id: str, peer_heard: bool | Callable[[], bool],
                          deadline: Deadline) -> IdentityVerdict:
-    """Run the identity check once (read-only: machine id and power status)."""
+    """Run the identity check once (read-only: machine id and power status).
+
+    ``peer_heard`` may be a callable: it is then asked again after an OFF
+    reading, and the device is a mismatch only if the peer is still heard
+    (a peer whose machine just lost power reads OFF on the right device).
+    """
     name = agent.name
+    heard: Callable[[], bool] = peer_heard if callable(peer_heard) else (lambda: bool(peer_heard))
     if isinstance(agent, ManualAgent):
         return IdentityVerdict(name, Trust.VERIFIED, "an operator's confirmation needs no device identity", at=now_wall())
     try:
@@ -88,7 +95,7 @@ async def check_identity(agent: FenceAgent, *, peer_machine_id: str | None, own_
     if not same_machine(reported, peer_machine_id):
         return IdentityVerdict(name, Trust.MISMATCH, f"reports machine id {reported}, but the peer publishes {peer_machine_id}",
                                reported, peer_machine_id, now_wall())
-    if not peer_heard:
+    if not heard():
         return IdentityVerdict(name, Trust.UNVERIFIED, "machine id matches; its power reading can be checked only while the peer is heard",
                                reported, peer_machine_id, now_wall())
     reading = await agent.status(deadline)
@@ -96,6 +103,9 @@ async def check_identity(agent: FenceAgent, *, peer_machine_id: str | None, own_
         return IdentityVerdict(name, Trust.UNVERIFIED, f"machine id matches but the power read failed: {reading.detail}",
                                reported, peer_machine_id, now_wall())
     if reading.state is PowerState.OFF:
+        if not heard():
+            return IdentityVerdict(name, Trust.UNVERIFIED, f"reads the machine OFF ({reading.detail}) but the peer is not heard any more: "
+                                                           "it may just have lost power", reported, peer_machine_id, now_wall())
         return IdentityVerdict(name, Trust.MISMATCH, f"reads the machine OFF ({reading.detail}) while the peer is heard: it does not control the peer",
                                reported, peer_machine_id, now_wall())
     if reading.state is not PowerState.ON:

@@ -77,7 +77,7 @@ class DeviceMonitor:
                 health = agent.health(False, f"monitor failed: {error_text(e)}")
             try:
                 verdict = await check_identity(agent, peer_machine_id=self._peer_mid(), own_machine_id=self.own_machine_id,
-                                               peer_heard=self._heard(), deadline=deadline)
+                                               peer_heard=self._heard, deadline=deadline)
             except Exception as e:  # noqa: BLE001
                 verdict = IdentityVerdict(agent.name, Trust.UNVERIFIED, f"identity check failed: {error_text(e)}", at=now_wall())
         verdict = self.identity.record(verdict)

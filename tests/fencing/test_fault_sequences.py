@@ -466,3 +466,26 @@ def test_the_configuration_refuses_a_watchdog_timeout_that_arm_would_refuse(tmp_
     g.driver = FileWatchdog(tmp_path / "wd")
     g.arm()
     assert g.armed
+
+
+# --------------------------------------------------------------------------- the identity check and a peer that just died
+
+
+async def test_a_peer_that_dies_during_the_identity_check_does_not_disable_its_device(bmc_factory, tmp_path: Path) -> None:
+    """The peer is heard when the monitor's check starts; its machine loses power before
+    the device's status read, which reads OFF. "Reads OFF while the peer is heard" is
+    then not proven (the heartbeats stopped too): the device must not be disabled as a
+    mismatch at the very moment it is needed to fence that peer."""
+    b = bmc_factory("immediate", power="off")
+    ipmi = ipmi_agent(b.port)
+    heard = iter([True])  # heard once, at the start of the check; silent afterwards
+    book = IdentityBook({ipmi.name: ipmi.describe()}, tmp_path)
+    book.record(IdentityVerdict(ipmi.name, Trust.VERIFIED, "verified earlier", PEER_UUID, PEER_UUID))
+    m = DeviceMonitor([[ipmi]], book, own_machine_id=OWN_UUID, peer_machine_id=lambda: PEER_UUID,
+                      peer_heard=lambda: next(heard, False), peer="node2")
+    check = await m.check_device(1, ipmi)
+    assert check.identity.trust is not Trust.MISMATCH, check.identity
+    assert book.trusted(ipmi.name, PEER_UUID)
+    c = coordinator(tmp_path, [[ipmi]], World())
+    c.identity = book
+    assert (await asyncio.wait_for(c.fence(req()), 60)).confirmed
