@@ -19,7 +19,7 @@ from clever_cluster.daemon.drbd import parse9, parse84
 from clever_cluster.daemon.drbd import settings as s9
 from clever_cluster.daemon.drbd.model import ConnState, ReplState, Role
 from clever_cluster.sim import netns
-from clever_cluster.sim.drbd.lab import DrbdPair, SimNode
+from clever_cluster.sim.drbd.lab import DrbdPair
 from clever_cluster.sim.harness import wait_for
 
 FAST = {"ping_int": 1.0, "ping_timeout": 0.5}
@@ -220,7 +220,7 @@ def test_link_cut_freezes_the_primary_and_the_handler_decides(topo: netns.TwoNod
     with DrbdPair(tmp_path / "net", "9", topo=topo, conf=conf, node_conf={1: {}}) as p:
         p.start()
         p.wait_connected()
-        n1, n2 = p.node(1), p.node(2)
+        n1, _n2 = p.node(1), p.node(2)
         assert n1.run("drbdadm", "primary", "r0").returncode == 0
         events = subprocess.Popen([str(n1.drbdsetup), "events2", "r0"], stdout=subprocess.PIPE, text=True)
         try:
@@ -306,6 +306,3 @@ def test_simulator_outlives_and_restarts_with_its_metadata(topo: netns.TwoNodes,
         n2.wait(lambda s: s["conn"] == "Connected" and s["disk"] == "UpToDate" and s["repl"] == "Established")
         assert n1.state()["oos_kib"] == 0
 
-
-def _node_ok(n: SimNode) -> bool:
-    return n.alive()
