@@ -104,6 +104,12 @@ class SimNode:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+        self._module_gone()
+
+    def _module_gone(self) -> None:
+        # /proc/drbd exists only while the module is loaded; a stale copy would lie.
+        with contextlib.suppress(FileNotFoundError):
+            self.proc_drbd.unlink()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -113,6 +119,7 @@ class SimNode:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
+        self._module_gone()
 
     def log(self) -> str:
         try:
