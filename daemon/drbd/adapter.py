@@ -96,6 +96,8 @@ class DrbdAdapter:
         self._gi: GenerationIds | None = None
         self._split_brain: str | None = None
         self._asked_disconnect = False  # True from our disconnect until our next connect
+        self._connect_seq = 0  # our completed connects
+        self._connect_pending = 0  # the connect whose handshake has not ended Connected yet (0: none)
         self._initial_split_brain_seen = False
         self._prev_conn: ConnState | None = None
         self._bg: set[asyncio.Task[None]] = set()
@@ -194,7 +196,12 @@ class DrbdAdapter:
 
     async def connect(self) -> None:
         await self._adm("connect", self.cfg.resource)
+        self._connected_by_us()
+
+    def _connected_by_us(self) -> None:
         self._asked_disconnect = False
+        self._connect_seq += 1
+        self._connect_pending = self._connect_seq
 
     async def disconnect(self) -> None:
         self._asked_disconnect = True
@@ -214,7 +221,7 @@ class DrbdAdapter:
                     extra={"fields": {"CLEVER_REASON": "split_brain_discard_my_data"}})
         await self.disconnect()
         await self._adm("connect", "--discard-my-data", self.cfg.resource)
-        self._asked_disconnect = False
+        self._connected_by_us()
 
     async def generation_ids(self) -> GenerationIds:
         if self.backend == "drbd84":
@@ -351,6 +358,7 @@ class DrbdAdapter:
         minor = parse84.parse_sh_minor(await self._adm("sh-minor", self.cfg.resource))
         path = Path(self.cfg.proc_drbd)
         while True:
+            read_seq = self._connect_seq
             try:
                 text = await asyncio.to_thread(path.read_text)
             except OSError as e:
@@ -366,16 +374,22 @@ class DrbdAdapter:
                     out_of_sync_kib=dev.out_of_sync_kib,
                     # /proc/drbd shows that I/O is suspended, not why.
                     suspended=frozenset({"unspecified"}) if dev.suspended else frozenset(),
+                    read_seq=read_seq,
                 )
             await asyncio.sleep(self.cfg.poll_interval)
 
-    def _publish(self, *, role: Role, connection: ConnState, connection_raw: str, **kw: object) -> None:
+    def _publish(self, *, role: Role, connection: ConnState, connection_raw: str, read_seq: int = -1, **kw: object) -> None:
         prev = self._facts
         was = self._prev_conn
+        # Polling (8.4) can miss the short Connecting phase of a handshake we started: a StandAlone
+        # read after our connect completed, with no Connected in between, is that handshake failing.
+        ours_failed = bool(self._connect_pending) and read_seq >= self._connect_pending
         if connection is ConnState.CONNECTED:
             self._split_brain = None
             self._initial_split_brain_seen = False
-        elif connection is ConnState.STANDALONE and was in WAITING and not self._asked_disconnect:
+            self._connect_pending = 0
+        elif connection is ConnState.STANDALONE and (was in WAITING or ours_failed) and not self._asked_disconnect:
+            self._connect_pending = 0
             self._split_brain = self._split_brain or (
                 "DRBD called its initial-split-brain handler and dropped to StandAlone" if self._initial_split_brain_seen
                 else f"the connection dropped from {was.value if was else '?'} to StandAlone during the handshake (split brain "

@@ -43,6 +43,8 @@ async def run(argv: list[str], timeout: float) -> Result:
         raise errors.CommandTimeout(f"{' '.join(argv)} did not finish within {timeout:g} s (killed)") from None
     except asyncio.CancelledError:
         kill_group(proc)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(proc.wait(), 2.0)  # reap it; its transport must not outlive the loop
         raise
     rc = proc.returncode if proc.returncode is not None else -1
     return Result(argv, rc, out.decode(errors="replace"), err.decode(errors="replace"))

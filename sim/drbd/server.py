@@ -311,8 +311,12 @@ class Node:
     async def secondary(self) -> None:
         if self.role != "Primary":
             return
-        if self.device_busy():
-            raise Refused(-12, [f"/dev/drbd{self.cfg.get('minor', 0)} opened by mount (pid 1) at {time.strftime('%Y-%m-%d %H:%M:%S')}.000"])
+        for _ in range(20):  # an unmount that just returned may release the device a moment later
+            if not self.device_busy():
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise Refused(-12, [f"/dev/drbd{self.cfg.get('minor', 0)} ({self.cfg.get('loop_device')}) is mounted or opened exclusively"])
         self.role = "Secondary"
         self._loop_ro(True)
         self._send_state()
@@ -340,11 +344,15 @@ class Node:
         self.publish()
 
     async def disconnect(self) -> None:
-        if self.conn == "StandAlone":
+        if self.conn in ("StandAlone", "Disconnecting"):
             return
-        if self.link is not None:
-            self.link.send({"t": "bye"})
-            await asyncio.sleep(0.05)
+        link = self.link
+        self.conn = "Disconnecting"  # from now on a dropped link stays down (no re-dial)
+        self.publish()
+        if link is not None:
+            link.send({"t": "bye"})
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(link.writer.drain(), 1.0)
         self._drop_link("administrative disconnect", final="StandAlone")
 
     async def resume_io(self) -> None:
@@ -443,7 +451,7 @@ class Node:
         finally:
             pinger.cancel()
             if self.link is link:
-                self._drop_link("connection lost")
+                self._drop_link("connection lost", final="StandAlone" if self.conn == "Disconnecting" else "Connecting")
 
     def _apply_handshake(self, hs: Handshake, peer: dict[str, Any]) -> None:
         if hs.kind == "no-sync":
@@ -515,9 +523,11 @@ class Node:
         while True:
             try:
                 msg = await link.recv()
-            except (OSError, ValueError):
+            except (OSError, ValueError) as e:
+                log(f"peer link: {type(e).__name__}: {e}")
                 return
             if msg is None or self.link is not link:
+                log("peer link: closed by the peer" if msg is None else "peer link: replaced")
                 return
             t = msg.get("t")
             if t == "ping":
