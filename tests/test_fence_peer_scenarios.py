@@ -202,11 +202,11 @@ async def test_daemon_killed_before_the_handler_runs(topo: netns.TwoNodes, tmp_p
                 await asyncio.Event().wait()
             asyncio.run(main())
         """)
-        daemon = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        daemon = await asyncio.create_subprocess_exec(sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE)
         try:
-            assert daemon.stdout is not None and daemon.stdout.readline().strip() == "ready"
+            assert daemon.stdout is not None and (await daemon.stdout.readline()).strip() == b"ready"
             daemon.send_signal(signal.SIGKILL)
-            daemon.wait(10)
+            await daemon.wait()
             assert w.socks[0].exists()
             await become_primary(w)
             await cut_all_paths(w)
@@ -215,9 +215,9 @@ async def test_daemon_killed_before_the_handler_runs(topo: netns.TwoNodes, tmp_p
             assert handler_exits(w.handler_log(1)) == ["1"]
             assert await w.write(1, timeout=1.0) == {"ok": False, "frozen": True, "suspended": ["fencing"]}
         finally:
-            if daemon.poll() is None:
+            if daemon.returncode is None:
                 daemon.kill()
-                daemon.wait(10)
+                await daemon.wait()
 
 
 @pytest.mark.parametrize("version", ["9", "8.4"])
@@ -255,7 +255,9 @@ async def test_operator_on_the_standby_during_a_partition_fences_nobody(topo: ne
         m = await asyncio.to_thread(subprocess.run, ["mount", "-o", "rw", dev2, str(mnt)], capture_output=True, check=False)
         if m.returncode == 0:  # the kernel falls back to a read-only mount of the write-protected device
             try:
-                opts = subprocess.run(["findmnt", "-no", "OPTIONS", str(mnt)], capture_output=True, text=True, check=True).stdout
+                found = await asyncio.to_thread(subprocess.run, ["findmnt", "-no", "OPTIONS", str(mnt)], capture_output=True,
+                                                text=True, check=True)
+                opts = found.stdout
                 assert opts.split(",")[0] == "ro", opts
                 with pytest.raises(OSError):
                     (mnt / "written-on-the-standby").write_text("x")
