@@ -24,7 +24,8 @@ Invariants:
 - The verdict names what happened; ``handler_exit()`` turns it into DRBD's
   code and can only produce 1, 4 or 7 (never 3, 5 or 6, which let DRBD
   resume I/O on a guess), and 7 only with a record.
-- An outdate acknowledgement counts only until DRBD is Connected again.
+- An outdate acknowledgement counts only for the freeze it was obtained in:
+  once DRBD is seen Connected or not frozen, older acknowledgements lapse.
 
 The dependencies are small Protocols (implemented by the heartbeat, the
 fencing coordinator and the runtime): :class:`PeerLink`,
@@ -203,7 +204,11 @@ class FencePeerService:
         self.drbd = drbd
         self.clock = clock
         self.in_flight = 0
-        self.outdate_ack: str | None = None  # valid until DRBD is Connected again
+        self.outdate_ack: str | None = None
+        self._ack_at = 0.0
+        # The last time DRBD was seen not frozen for fencing (or Connected): an acknowledgement older
+        # than that belongs to an earlier disconnection and proves nothing now.
+        self._last_clear = clock()
         self.resumes = 0
 
     def handlers(self) -> dict[str, Handler]:
@@ -264,6 +269,7 @@ class FencePeerService:
                     continue
                 if answer.outdated:
                     self.outdate_ack = f"{self.peer_name} outdated its disk at {time.time():.3f}: {answer.detail}"
+                    self._ack_at = self.clock()
                     return Verdict.PEER_OUTDATED, f"{self.peer_name} is heard on another link and outdated its disk ({answer.detail})", None
                 return Verdict.REFUSED, f"{self.peer_name} did not outdate its disk: {answer.detail}", None
             if not may_fence:
@@ -281,7 +287,9 @@ class FencePeerService:
     async def maybe_resume(self) -> bool:
         """resume-io when frozen for fencing, no handler running, and a record or an outdate ack in hand."""
         f = self.drbd.facts()
-        if f.known and f.connection is ConnState.CONNECTED:
+        if f.known and (f.connection is ConnState.CONNECTED or not fencing_suspended(f)):
+            self._last_clear = self.clock()
+        if self.outdate_ack is not None and self._ack_at <= self._last_clear and f.known:
             self.outdate_ack = None
         if not fencing_suspended(f) or f.fence_peer_running or self.in_flight:
             return False

@@ -233,3 +233,37 @@ def test_no_events2_process_left(tmp_path: Path) -> None:
     mine = [ln for ln in out.splitlines() if str(tmp_path.parent.parent) in ln and "events2" in ln]
     assert mine == [], mine
     assert os.path.exists("/proc/self")
+
+
+async def test_status_json_one_shot(pair: DrbdPair) -> None:
+    a = adapter_for(pair.node(1))
+    a.backend = "drbd9" if pair.version == "9" else "drbd84"
+    if pair.version == "8.4":
+        with pytest.raises(errors.DrbdError):
+            await a.status_json()  # no --json with an 8.4 kernel
+        return
+    st = await a.status_json()
+    assert st.role is Role.SECONDARY and st.devices[0]["disk-state"] == "UpToDate"
+    assert st.connections[0]["peer_devices"][0]["peer-disk-state"] == "UpToDate"
+
+
+async def test_a_stream_missing_keys_is_unknown_never_stale(tmp_path: Path) -> None:
+    """drbdsetup printing a resource without its role: the facts must say unknown, not keep guessing."""
+    fake = tmp_path / "drbdsetup"
+    fake.write_text("#!/bin/sh\n"
+                    'if [ "$1" = events2 ]; then\n'
+                    "  echo 'exists resource name:r0 suspended:no'\n"
+                    "  echo 'exists device name:r0 volume:0 minor:0 disk:UpToDate'\n"
+                    "  echo 'exists -'\n  exec sleep 60\nfi\nexit 10\n")
+    fake.chmod(0o755)
+    adm = tmp_path / "drbdadm"
+    adm.write_text("#!/bin/sh\nexit 10\n")
+    adm.chmod(0o755)
+    a = DrbdAdapter(DrbdConfig(resource="r0", backend="drbd9", drbdadm=str(adm), drbdsetup=str(fake),
+                               proc_drbd=tmp_path / "none", poll_interval=0.1))
+    await a.start()
+    try:
+        f = await until(a, lambda f: f.error is not None and "role" in f.error, what="the missing key reported")
+        assert not f.known and f.role is Role.UNKNOWN
+    finally:
+        await a.close()

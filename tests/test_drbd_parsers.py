@@ -222,3 +222,9 @@ def test_classify_never_raises(code: int, text: str) -> None:
 def test_parser_for_covers_each_kind() -> None:
     kinds = {parser_for(p.name) is not None for p in FIX.iterdir() if p.name.startswith(("proc_", "events2_", "status_", "show_gi", "get_gi"))}
     assert kinds == {True}
+
+
+def test_settings_common_section_counts() -> None:
+    with_common = "common {\n    net {\n        allow-two-primaries yes;\n    }\n    startup {\n        become-primary-on node1;\n    }\n}\n" + DUMP9
+    named = {i.setting for i in s9.check(SAFE9, with_common, "r0", drbd9=True).issues}
+    assert named == {"net.allow-two-primaries", "startup.become-primary-on"}

@@ -229,11 +229,23 @@ class DrbdAdapter:
         peer = self._peer_node_id or "1"
         return parse9.parse_gi9(await self._setup("get-gi", self.cfg.resource, peer, str(self.cfg.volume)))
 
+    async def status_json(self) -> parse9.JsonStatus:
+        """One-shot ``drbdsetup status --json RES`` (DRBD 9 only: 8.4 has no JSON status)."""
+        found = [r for r in parse9.parse_status_json(await self._setup("status", "--json", self.cfg.resource))
+                 if r.name == self.cfg.resource]
+        if not found:
+            raise errors.DrbdUnavailable(f"drbdsetup status --json does not list {self.cfg.resource}")
+        return found[0]
+
     async def check_settings(self) -> SafetyReport:
         res = self.cfg.resource
         running = config = None
         try:
             running = await self._setup("show", "--show-defaults", res)
+        except errors.DrbdCommandError:
+            # Older drbdsetup without --show-defaults: absent lines then take DRBD's defaults in the check.
+            with contextlib.suppress(errors.DrbdError):
+                running = await self._setup("show", res)
         except errors.DrbdError as e:
             log.warning("cannot read the running DRBD configuration: %s", e)
         try:
@@ -271,6 +283,9 @@ class DrbdAdapter:
                 reason = str(e)
             except DrbdParseError as e:
                 reason = f"unparseable DRBD output: {e}"
+            except Exception as e:  # a bug must not leave the last facts standing as if they were current
+                log.exception("DRBD observer failed")
+                reason = f"internal error in the DRBD observer: {e!r}"
             self._kill_child()
             self._unknown(reason)
             log.warning("DRBD observer: %s; retrying in %.1f s", reason, backoff)
@@ -317,6 +332,12 @@ class DrbdAdapter:
         log.info("DRBD %s helper %s%s", ev.action, helper, f" status {ev.keys['status']}" if "status" in ev.keys else "")
 
     def _from_model(self, model: parse9.Events2Model) -> None:
+        try:
+            self._from_model_keys(model)
+        except KeyError as e:
+            raise DrbdParseError(f"events2: a {e.args[0]!r} key is missing from the state of {self.cfg.resource}") from None
+
+    def _from_model_keys(self, model: parse9.Events2Model) -> None:
         name, vol = self.cfg.resource, self.cfg.volume
         res, dev = model.resource(name), model.device(name, vol)
         if res is None or dev is None:

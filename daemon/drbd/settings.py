@@ -141,7 +141,12 @@ def check(running: str | None, config: str | None, resource: str, *, drbd9: bool
         if text is None:
             issues.append(SafetyIssue("(all)", "unreadable", "a readable configuration", source))
             continue
-        res = find_resource(parse_conf(text), resource)
+        stmts = parse_conf(text)
+        res = find_resource(stmts, resource)
+        # Options inherited from a "common" section count as much as the resource's own.
+        for common in (st for st in stmts if st.name == "common" and st.block is not None):
+            assert res.block is not None and common.block is not None
+            res = Stmt(res.words, [*common.block, *res.block])
 
         def values(section: str, key: str, res: Stmt = res) -> list[str]:
             v = options(res, section, key)
