@@ -71,6 +71,8 @@ async def test_promote_demote_role_and_typed_errors(pair: DrbdPair) -> None:
         await until(a2, lambda f: f.known)
         await a1.promote()
         assert await a1.role() is Role.PRIMARY
+        assert await a1.cstate() is ConnState.CONNECTED
+        assert await a1.dstate() == (DiskState.UPTODATE, DiskState.UPTODATE)
         await until(a2, lambda f: f.peer_role is Role.PRIMARY, what="peer Primary seen on node2")
         with pytest.raises(errors.MultiplePrimaries):
             await a2.promote()

@@ -306,3 +306,38 @@ def test_simulator_outlives_and_restarts_with_its_metadata(topo: netns.TwoNodes,
         n2.wait(lambda s: s["conn"] == "Connected" and s["disk"] == "UpToDate" and s["repl"] == "Established")
         assert n1.state()["oos_kib"] == 0
 
+
+
+def _keys_in_order(text: str) -> list[list[str]]:
+    import json
+    seen: list[list[str]] = []
+
+    def hook(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        seen.append([k for k, _ in pairs])
+        return dict(pairs)
+
+    json.loads(text, object_pairs_hook=hook)
+    return seen
+
+
+def test_formats_follow_the_fixtures_key_for_key(pair: DrbdPair) -> None:
+    from .drbd_fixtures import fixture_dir
+    fix = fixture_dir()
+    n1 = pair.node(1)
+    # status --json: the same objects with the same keys in the same order as current drbd-utils.
+    sim = _keys_in_order(n1.run("drbdsetup", "status", "--json", "r0").stdout)
+    ref = _keys_in_order((fix / "status_json_9_quorum_lost_suspended_composed.json").read_text())
+    assert set(map(tuple, sim)) == set(map(tuple, ref))
+    assert '"connection-state": "Connected", \n' in n1.run("drbdsetup", "status", "--json", "r0").stdout
+    # events2: every object line has the fixture's keys in the fixture's order.
+    ref_lines = {ln.split()[1]: [kv.split(":")[0] for kv in ln.split()[2:]]
+                 for ln in (fix / "events2_9_fence_peer_resource_and_stonith_composed.txt").read_text().splitlines()
+                 if ln.startswith("exists ") and ln != "exists -"}
+    for ln in n1.run("drbdsetup", "events2", "--now", "r0").stdout.splitlines():
+        if ln != "exists -":
+            assert [kv.split(":")[0] for kv in ln.split()[2:]] == ref_lines[ln.split()[1]], ln
+    # status text: the layout of the fixture (resource, disk, peer, peer-disk).
+    assert (n1.run("drbdadm", "status", "r0").stdout ==
+            "r0 role:Secondary\n  disk:UpToDate\n  node2 role:Secondary\n    peer-disk:UpToDate\n\n")
+    # get-gi: the 9 layout (4 UUIDs, 12 flags) parses; show-gi has the fixture's legend.
+    assert n1.run("drbdadm", "show-gi", "r0").stdout.splitlines()[1:6] == (fix / "show_gi_9_composed.txt").read_text().splitlines()[1:6]

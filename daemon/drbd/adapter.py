@@ -170,6 +170,24 @@ class DrbdAdapter:
             return pair[0]
         return parse9.parse_role9(out)
 
+    async def cstate(self) -> ConnState:
+        """A fresh connection state from ``drbdadm cstate`` (8.4 names mapped as in the facts)."""
+        out = await self._adm("cstate", self.cfg.resource)
+        if self.backend == "drbd84":
+            return parse84.parse_cstate84(out)[0]
+        lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
+        if len(lines) != 1:
+            raise DrbdParseError(f"drbdadm cstate: expected one connection, got {len(lines)}")
+        return conn_state(lines[0])
+
+    async def dstate(self) -> tuple[DiskState, DiskState]:
+        """Fresh (local, peer) disk states from ``drbdadm dstate``."""
+        out = await self._adm("dstate", self.cfg.resource)
+        pair = parse84.parse_dstate84(out)
+        if pair is None:
+            raise errors.DrbdUnavailable(f"{self.cfg.resource} is unconfigured")
+        return pair
+
     async def promote(self) -> None:
         """``drbdadm primary`` (never ``--force``: promoting without UpToDate data is an operator's call)."""
         await self._adm("primary", self.cfg.resource)
