@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from collections.abc import Mapping
+from typing import TypeVar
 
 
 class DrbdParseError(ValueError):
@@ -84,32 +86,30 @@ _CS84_PLAIN = {c.value: c for c in ConnState}
 _CS84_WAITING = {"WFConnection": ConnState.CONNECTING, "WFReportParams": ConnState.CONNECTING}
 
 
-def role(text: str) -> Role:
+E = TypeVar("E", Role, DiskState, ConnState, ReplState)
+
+
+def _value(cls: type[E], text: str, what: str) -> E:
     try:
-        return Role(text)
+        return cls(text)
     except ValueError:
-        raise DrbdParseError(f"unknown DRBD role {text!r}") from None
+        raise DrbdParseError(f"unknown DRBD {what} {text!r}") from None
+
+
+def role(text: str) -> Role:
+    return _value(Role, text, "role")
 
 
 def disk_state(text: str) -> DiskState:
-    try:
-        return DiskState(text)
-    except ValueError:
-        raise DrbdParseError(f"unknown DRBD disk state {text!r}") from None
+    return _value(DiskState, text, "disk state")
 
 
 def conn_state(text: str) -> ConnState:
-    try:
-        return ConnState(text)
-    except ValueError:
-        raise DrbdParseError(f"unknown DRBD connection state {text!r}") from None
+    return _value(ConnState, text, "connection state")
 
 
 def repl_state(text: str) -> ReplState:
-    try:
-        return ReplState(text)
-    except ValueError:
-        raise DrbdParseError(f"unknown DRBD replication state {text!r}") from None
+    return _value(ReplState, text, "replication state")
 
 
 def split_cs84(cs: str) -> tuple[ConnState, ReplState]:
@@ -151,6 +151,17 @@ class GenerationIds:
     def data_uuid(self) -> str:
         """The current UUID with the role bit (bit 0) cleared, for comparing nodes."""
         return f"{int(self.current, 16) & ~1:016X}"
+
+
+def parse_gi_line(text: str, pattern: re.Pattern[str], flags: tuple[str, ...], what: str) -> GenerationIds:
+    """The one ``CURRENT:BITMAP:HIST1:HIST2:flags`` line of get-gi/show-gi output."""
+    found = [m for m in (pattern.match(ln.strip()) for ln in text.splitlines()) if m]
+    if len(found) != 1:
+        raise DrbdParseError(f"{what}: expected one UUID line, found {len(found)}")
+    m = found[0]
+    bits = m.group(5).split(":")
+    return GenerationIds(m.group(1).upper(), m.group(2).upper(), (m.group(3).upper(), m.group(4).upper()),
+                         {name: b == "1" for name, b in zip(flags, bits, strict=True)})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,6 +22,7 @@ from .model import (
     ResyncProgress,
     Role,
     disk_state,
+    parse_gi_line,
     role,
     split_cs84,
 )
@@ -184,13 +185,7 @@ def parse_dstate84(text: str) -> tuple[DiskState, DiskState] | None:
 
 def parse_gi84(text: str) -> GenerationIds:
     """``get-gi`` (one line) or ``show-gi`` (the same line inside a legend)."""
-    found = [m for m in (_GI84.match(ln.strip()) for ln in text.splitlines()) if m]
-    if len(found) != 1:
-        raise DrbdParseError(f"get-gi (8.4): expected one UUID line, found {len(found)}")
-    m = found[0]
-    bits = m.group(5).split(":")
-    return GenerationIds(m.group(1).upper(), m.group(2).upper(), (m.group(3).upper(), m.group(4).upper()),
-                         {name: b == "1" for name, b in zip(GI84_FLAGS, bits, strict=True)})
+    return parse_gi_line(text, _GI84, GI84_FLAGS, "get-gi (8.4)")
 
 
 def parse_sh_minor(text: str) -> int:

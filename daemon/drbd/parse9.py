@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .model import DrbdParseError, GenerationIds, Role, disk_state, role
+from .model import DrbdParseError, GenerationIds, Role, disk_state, parse_gi_line, role
 
 ACTIONS = frozenset({"exists", "create", "change", "destroy", "call", "response", "rename"})
 OBJECTS = frozenset({"resource", "device", "connection", "peer-device", "path", "helper", "-"})
@@ -280,10 +280,4 @@ GI9_FLAGS = ("consistent", "was_up_to_date", "primary", "crashed_primary", "al_c
 
 
 def parse_gi9(text: str) -> GenerationIds:
-    found = [m for m in (_GI9.match(ln.strip()) for ln in text.splitlines()) if m]
-    if len(found) != 1:
-        raise DrbdParseError(f"get-gi (9): expected one UUID line, found {len(found)}")
-    m = found[0]
-    bits = m.group(5).split(":")
-    return GenerationIds(m.group(1).upper(), m.group(2).upper(), (m.group(3).upper(), m.group(4).upper()),
-                         {name: b == "1" for name, b in zip(GI9_FLAGS, bits, strict=True)})
+    return parse_gi_line(text, _GI9, GI9_FLAGS, "get-gi (9)")
