@@ -174,3 +174,20 @@ def test_unprivileged_without_the_sysctl_names_it(lan: netns.TwoNodes) -> None:
 def test_probe_target_counts_replies(lan: netns.TwoNodes) -> None:
     r = in_netns(lan.n1.ns, lambda: probe_target("192.168.100.1", 2, 0.3, True))
     assert r.received == 1 and r.sent == 1  # stops at the first reply
+
+
+def test_run_probes_every_interval_and_reports_updates(lan: netns.TwoNodes) -> None:
+    seen: list[GatewayFacts] = []
+
+    async def go() -> GatewayFacts:
+        p = GatewayPinger(gw_cfg(TARGETS, interval=0.2, timeout=0.1, attempts=1), on_update=seen.append)
+        task = asyncio.create_task(p.run())
+        try:
+            while len(seen) < 3:
+                await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+        return p.facts()
+
+    f = in_netns(lan.n1.ns, go)
+    assert f.rounds >= 3 and f.score == 200 and [s.rounds for s in seen[:3]] == [1, 2, 3]
