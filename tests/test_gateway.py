@@ -180,11 +180,17 @@ def test_run_probes_every_interval_and_reports_updates(lan: netns.TwoNodes) -> N
     seen: list[GatewayFacts] = []
 
     async def go() -> GatewayFacts:
-        p = GatewayPinger(gw_cfg(TARGETS, interval=0.2, timeout=0.1, attempts=1), on_update=seen.append)
+        three = asyncio.Event()
+
+        def update(f: GatewayFacts) -> None:
+            seen.append(f)
+            if len(seen) >= 3:
+                three.set()
+
+        p = GatewayPinger(gw_cfg(TARGETS, interval=0.2, timeout=0.1, attempts=1), on_update=update)
         task = asyncio.create_task(p.run())
         try:
-            while len(seen) < 3:
-                await asyncio.sleep(0.05)
+            await asyncio.wait_for(three.wait(), 20)
         finally:
             task.cancel()
         return p.facts()
