@@ -228,3 +228,21 @@ def test_settings_common_section_counts() -> None:
     with_common = "common {\n    net {\n        allow-two-primaries yes;\n    }\n    startup {\n        become-primary-on node1;\n    }\n}\n" + DUMP9
     named = {i.setting for i in s9.check(SAFE9, with_common, "r0", drbd9=True).issues}
     assert named == {"net.allow-two-primaries", "startup.become-primary-on"}
+
+
+@pytest.mark.parametrize(("handler", "ok"), [
+    ('"/usr/sbin/clevervm fence-peer"', True),
+    ('"/opt/venv/bin/clevervm --config /etc/cc/a.toml fence-peer"', True),
+    ('"clevervm --socket /run/cc/control.sock fence-peer"', True),
+    ('"/usr/sbin/clevervm fence-peer ; exit 5"', False),  # the shell's exit code would replace clevervm's
+    ('"/usr/sbin/clevervm fence-peer || exit 3"', False),
+    ('"/usr/sbin/clevervm fence-peer && true"', False),
+    ('"/usr/sbin/clevervm fence-peer extra"', False),
+    ('"/usr/sbin/clevervm unfence-peer"', False),
+    ('"/usr/lib/drbd/crm-fence-peer.9.sh"', False),
+    ('"sh -c clevervm fence-peer"', False),
+])
+def test_fence_peer_handler_must_be_clevervm_alone(handler: str, ok: bool) -> None:
+    cfg = DUMP9.replace('"/usr/sbin/clevervm fence-peer"', handler)
+    named = {i.setting for i in s9.check(SAFE9, cfg, "r0", drbd9=True).issues}
+    assert ("handlers.fence-peer" not in named) is ok

@@ -123,11 +123,23 @@ def options(res: Stmt, section: str, key: str) -> list[str]:
 
 
 def _handler_ok(value: str, verb: str) -> bool:
+    """Exactly ``[path/]clevervm [--config F | --socket S]... VERB``: no shell around it.
+
+    DRBD runs handlers through ``/bin/sh -c``: anything after the command
+    (``; exit 5``, ``|| true``) would replace clevervm's exit code.
+    """
+    if any(ch in value for ch in ";|&$`<>()\n*?!{}"):
+        return False
     try:
         argv = shlex.split(value)
     except ValueError:
         return False
-    return bool(argv) and os.path.basename(argv[0]) == "clevervm" and verb in argv[1:]
+    if not argv or os.path.basename(argv[0]) != "clevervm":
+        return False
+    rest = argv[1:]
+    while len(rest) >= 2 and rest[0] in ("--config", "--socket"):
+        rest = rest[2:]
+    return rest == [verb]
 
 
 DEFAULTS = {"protocol": "C", "fencing": "dont-care", "allow-two-primaries": "no", "auto-promote": "yes"}
