@@ -269,3 +269,35 @@ async def test_a_stream_missing_keys_is_unknown_never_stale(tmp_path: Path) -> N
         assert not f.known and f.role is Role.UNKNOWN
     finally:
         await a.close()
+
+
+async def test_resync_progress_and_out_of_sync_facts(tmp_path: Path) -> None:
+    for version in ("9", "8.4"):
+        p = DrbdPair(tmp_path / version, version, conf={**FAST, "fencing": "dont-care", "resync_kib_per_s": 2048})
+        a2 = None
+        try:
+            await asyncio.to_thread(p.start)
+            await asyncio.to_thread(p.wait_connected)
+            n1, n2 = p.node(1), p.node(2)
+            assert (await asyncio.to_thread(n1.run, "drbdadm", "primary", "r0")).returncode == 0
+            assert (await asyncio.to_thread(n2.run, "drbdadm", "disconnect", "r0")).returncode == 0
+            assert (await asyncio.to_thread(n1.write, 8192))["replicated"] is False
+            a2 = adapter_for(n2)
+            await a2.start()
+            await until(a2, lambda f: f.known)
+            assert (await asyncio.to_thread(n2.run, "drbdadm", "connect", "r0")).returncode == 0
+            seen: list[float] = []
+
+            def progress(f: DrbdFacts) -> bool:
+                if f.replication is ReplState.SYNCTARGET and f.resync is not None:
+                    seen.append(f.resync.done_percent)
+                    assert f.disk is DiskState.INCONSISTENT
+                return len({round(x) for x in seen if 0 < x < 100}) >= 2
+
+            await until(a2, progress, 20, f"resync progress on {version}")
+            await until(a2, lambda f: f.replication is ReplState.ESTABLISHED and f.disk is DiskState.UPTODATE, 20)
+            assert seen == sorted(seen)
+        finally:
+            if a2 is not None:
+                await a2.close()
+            await asyncio.to_thread(p.close)

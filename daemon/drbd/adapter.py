@@ -45,6 +45,7 @@ from .. import logsetup
 from ..config import DrbdConfig
 from . import errors, parse9, parse84, runner, settings
 from .model import (
+    RESYNC_STATES,
     ConnState,
     DiskState,
     DrbdFacts,
@@ -325,6 +326,7 @@ class DrbdAdapter:
         self._child = proc
         model = parse9.Events2Model()
         assert proc.stdout is not None
+        progress = asyncio.create_task(self._resync_progress())
         try:
             while True:
                 raw = await proc.stdout.readline()
@@ -337,9 +339,30 @@ class DrbdAdapter:
                 if model.initial_done:
                     self._from_model(model)
         finally:
+            progress.cancel()
             self._kill_child()
             with contextlib.suppress(ProcessLookupError):
                 await proc.wait()
+
+    async def _resync_progress(self) -> None:
+        """events2 reports state changes, not progress: during a resync, read it from ``status --json``."""
+        while True:
+            await asyncio.sleep(max(1.0, 4 * self.cfg.poll_interval))
+            f = self._facts
+            if not f.known or f.replication not in RESYNC_STATES:
+                continue
+            try:
+                st = await self.status_json()
+            except (errors.DrbdError, DrbdParseError) as e:
+                log.debug("resync progress unavailable: %s", e)
+                continue
+            pds = [pd for c in st.connections for pd in c.get("peer_devices", []) if pd.get("volume") == self.cfg.volume]
+            if not pds:
+                continue
+            done, oos = pds[0].get("percent-resync-done"), pds[0].get("out-of-sync")
+            now = self._facts
+            if now.known and now.replication in RESYNC_STATES and isinstance(done, (int, float)) and isinstance(oos, int):
+                self._set(dataclasses.replace(now, resync=ResyncProgress(float(done)), out_of_sync_kib=oos))
 
     def _helper_event(self, ev: parse9.Event) -> None:
         helper = ev.keys.get("helper")

@@ -257,7 +257,9 @@ def changes(old: View, new: View, statistics: bool = False) -> list[str]:
         keys.append("replication")
     if pa["peer-disk"] != pb["peer-disk"]:
         keys += ["peer-disk", "peer-client"]
-    if statistics and any(pa.get(k) != pb.get(k) for k in ("done", "out-of-sync")):
+    if statistics and keys:
+        # The kernel sends a peer-device event on a state change, not on resync progress;
+        # statistics ride along with it (progress is read with ``status --json``).
         keys += [k for k in ("done", "received", "sent", "out-of-sync", "pending", "unacked") if k in pb]
     if keys:
         out.append(line("change", "peer-device", {**_ident(pb, 4), **{k: pb[k] for k in keys}}))
