@@ -230,6 +230,10 @@ async def test_handler_gave_up_then_fence_confirmed_resumes_io(topo: netns.TwoNo
         assert handler_exits(w.handler_log(1)) == ["1"] and h.service.resumes == 0
         await h.fencer.power_off()  # the coordinator's retry confirms the fence later
         await w.wait(1, lambda s: not s["susp"], "the daemon resumed I/O")
+        for _ in range(100):  # drbdadm resume-io may still be returning to the service
+            if h.service.resumes:
+                break
+            await asyncio.sleep(0.05)
         assert h.service.resumes == 1
         assert (await w.write(1))["ok"]
 
