@@ -288,7 +288,7 @@ async def test_resync_progress_and_out_of_sync_facts(tmp_path: Path) -> None:
             assert (await asyncio.to_thread(n2.run, "drbdadm", "connect", "r0")).returncode == 0
             seen: list[float] = []
 
-            def progress(f: DrbdFacts) -> bool:
+            def progress(f: DrbdFacts, seen: list[float] = seen) -> bool:
                 if f.replication is ReplState.SYNCTARGET and f.resync is not None:
                     seen.append(f.resync.done_percent)
                     assert f.disk is DiskState.INCONSISTENT
