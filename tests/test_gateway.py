@@ -96,7 +96,7 @@ def test_asymmetric_uplink_loss(lan: netns.TwoNodes) -> None:
 def test_thirty_percent_loss_with_three_attempts_stays_reachable(lan: netns.TwoNodes) -> None:
     # 30 % of the replies towards node1 are dropped at the gateway's switch port.
     lan.lab.loss(lan.gw, "p-n1", 30, ingress=False)
-    cfg = gw_cfg(TARGETS, attempts=3, timeout=0.2)
+    cfg = gw_cfg(TARGETS, attempts=3, timeout=0.5)  # generous: a loaded machine delays replies
 
     async def rounds() -> list[GatewayProbe]:
         p = GatewayPinger(cfg)
@@ -105,8 +105,10 @@ def test_thirty_percent_loss_with_three_attempts_stays_reachable(lan: netns.TwoN
     probes = in_netns(lan.n1.ns, rounds)
     sent = sum(t.sent for p in probes for t in p.targets)
     assert sent > 2 * len(probes), "the loss rule dropped nothing; the test proves nothing"
-    full = sum(1 for p in probes if p.score == 200)
-    assert full >= 9, [p.score for p in probes]
+    # One round fails only if 3 echoes in a row are lost (2.7 % at 30 % loss): allow 3 of 12 per target.
+    for target in TARGETS:
+        ok = sum(1 for p in probes for t in p.targets if t.target == target and t.reachable)
+        assert ok >= 9, (target, [p.score for p in probes])
 
 
 def test_unresolvable_and_unroutable_targets_are_reported_not_fatal(lan: netns.TwoNodes) -> None:
