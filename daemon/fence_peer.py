@@ -195,7 +195,7 @@ def check_env(env: Mapping[str, str], resource: str, peer: str) -> str | None:
 
 class FencePeerService:
     def __init__(self, resource: str, peer_name: str, *, local: LocalState, peer: PeerLink, fencer: FenceCoordinator,
-                 drbd: DrbdControl, clock: Callable[[], float] = time.monotonic) -> None:
+                 drbd: DrbdControl, clock: Callable[[], float] = time.monotonic, success_grace: float = 5.0) -> None:
         self.resource = resource
         self.peer_name = peer_name
         self.local = local
@@ -210,6 +210,10 @@ class FencePeerService:
         # than that belongs to an earlier disconnection and proves nothing now.
         self._last_clear = clock()
         self.resumes = 0
+        # After answering 4 or 7 the handler still has to exit and DRBD to act on it: DRBD 8.4 shows
+        # no helper events, so for this long the daemon leaves the resume to DRBD.
+        self.success_grace = success_grace
+        self._drbd_acts_until = 0.0
 
     def handlers(self) -> dict[str, Handler]:
         return {"fence-peer": self._cmd_fence_peer, "unfence-peer": self._cmd_unfence_peer}
@@ -243,6 +247,8 @@ class FencePeerService:
             verdict, reason, record = Verdict.REFUSED, "internal error; see the daemon's log", None
         finally:
             self.in_flight -= 1
+        if verdict is not Verdict.REFUSED:
+            self._drbd_acts_until = self.clock() + self.success_grace
         level = log.info if verdict is not Verdict.REFUSED else log.error
         level("DRBD fence-peer for %s (%s): %s: %s", self.peer_name, who, verdict.value, reason,
               extra={"fields": {"CLEVER_REASON": f"drbd_fence_peer_{verdict.value}", "CLEVER_PEER": self.peer_name}})
@@ -291,7 +297,7 @@ class FencePeerService:
             self._last_clear = self.clock()
         if self.outdate_ack is not None and self._ack_at <= self._last_clear and f.known:
             self.outdate_ack = None
-        if not fencing_suspended(f) or f.fence_peer_running or self.in_flight:
+        if not fencing_suspended(f) or f.fence_peer_running or self.in_flight or self.clock() < self._drbd_acts_until:
             return False
         record = self.fencer.record_for_current_episode()
         evidence = f"fence record {record}" if record else self.outdate_ack

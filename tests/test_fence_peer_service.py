@@ -195,3 +195,14 @@ async def test_outdate_responder_never_outdates_a_primary() -> None:
     d.f = dataclasses.replace(FROZEN, role=Role.SECONDARY)
     assert (await OutdateResponder("r0", d).handle("r0")).outdated and d.outdates == 1
     assert not (await OutdateResponder("r0", d).handle("r1")).outdated
+
+
+async def test_after_a_success_verdict_drbd_resumes_not_the_daemon() -> None:
+    now = [100.0]
+    d = Drbd()
+    svc = service(drbd=d, clock=lambda: now[0])
+    assert (await svc.fence_peer(ENV))[0] is Verdict.PEER_OUTDATED
+    now[0] = 101.0
+    assert not await svc.maybe_resume()  # the handler is exiting 4; DRBD resumes by itself
+    now[0] = 106.0
+    assert await svc.maybe_resume() and d.resumed == 1  # it did not (the handler died): the ack is in hand
