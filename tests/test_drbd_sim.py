@@ -341,3 +341,26 @@ def test_formats_follow_the_fixtures_key_for_key(pair: DrbdPair) -> None:
             "r0 role:Secondary\n  disk:UpToDate\n  node2 role:Secondary\n    peer-disk:UpToDate\n\n")
     # get-gi: the 9 layout (4 UUIDs, 12 flags) parses; show-gi has the fixture's legend.
     assert n1.run("drbdadm", "show-gi", "r0").stdout.splitlines()[1:6] == (fix / "show_gi_9_composed.txt").read_text().splitlines()[1:6]
+
+
+@pytest.mark.parametrize(("code", "peer_disk", "disk", "frozen"), [
+    (3, "Inconsistent", "UpToDate", False),
+    (4, "Outdated", "UpToDate", False),
+    (5, "Outdated", "UpToDate", False),
+    (6, "DUnknown", "Outdated", True),
+    (7, "Outdated", "UpToDate", False),
+    (0, "DUnknown", "UpToDate", True),
+    (1, "DUnknown", "UpToDate", True),
+])
+def test_fence_peer_exit_codes_as_the_kernel_reads_them(tmp_path: Path, code: int, peer_disk: str, disk: str, frozen: bool) -> None:
+    conf = {**FAST, "handlers": {"fence-peer": handler(tmp_path, "fence", code)}}
+    with DrbdPair(tmp_path / "x", "9", conf=conf) as p:
+        p.start()
+        p.wait_connected()
+        n1 = p.node(1)
+        assert n1.run("drbdadm", "primary", "r0").returncode == 0
+        p.node(2).kill()
+        n1.wait(lambda s: s["conn"] != "Connected" and not s["helpers"] and (tmp_path / "fence.log").exists(),
+                what="handler ran")
+        st = n1.wait(lambda s: s["peer_disk"] == peer_disk and s["disk"] == disk, what=f"exit {code} applied")
+        assert bool(st["susp"]) is frozen
