@@ -281,7 +281,7 @@ async def test_resync_progress_and_out_of_sync_facts(tmp_path: Path) -> None:
             n1, n2 = p.node(1), p.node(2)
             assert (await asyncio.to_thread(n1.run, "drbdadm", "primary", "r0")).returncode == 0
             assert (await asyncio.to_thread(n2.run, "drbdadm", "disconnect", "r0")).returncode == 0
-            assert (await asyncio.to_thread(n1.write, 8192))["replicated"] is False
+            assert (await asyncio.to_thread(n1.write, 6144))["replicated"] is False
             a2 = adapter_for(n2)
             await a2.start()
             await until(a2, lambda f: f.known)
