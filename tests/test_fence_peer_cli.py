@@ -197,3 +197,22 @@ def test_handler_exit_never_3_5_6(reply: Any, verb: str) -> None:
     assert code in ((1, 4, 7) if verb == "fence-peer" else (0, 1))
     if code == 7:
         assert isinstance(reply, dict) and reply.get("verdict") == "peer_fenced" and reply.get("record")
+
+
+async def test_the_socket_is_found_through_the_configuration(lab_configs: tuple[Path, Path]) -> None:
+    from clever_cluster.daemon.config import runtime_dir_of
+    from clever_cluster.daemon.control import socket_path
+
+    node1, _ = lab_configs
+    srv = ControlServer(socket_path(runtime_dir_of(node1)), {"fence-peer": answer({"verdict": "peer_outdated"})})
+    await srv.start()
+    try:
+        code, _ = await run(None, "--config", str(node1))
+        assert code == 4
+        base = {k: v for k, v in os.environ.items() if not k.startswith("DRBD_")}
+        proc = await asyncio.create_subprocess_exec(CLEVERVM, "fence-peer", env={**base, **ENV9, "CLEVER_CLUSTER_CONFIG": str(node1)},
+                                                    stderr=asyncio.subprocess.PIPE)
+        await proc.communicate()
+        assert proc.returncode == 4  # the config named by the environment, as the unit file can set it
+    finally:
+        await srv.close()
