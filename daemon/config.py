@@ -124,6 +124,7 @@ class IpConfig:
     arp_count: int = opt(5, "Gratuitous ARP (or unsolicited NA) packets sent after adding the address.", min=0, max=100)
     arp_interval: float = opt(0.2, "Spacing of the gratuitous ARP packets.", kind="duration", min=0.0, max=10.0)
     conflict_check: bool = opt(True, "On an unplanned takeover, refuse the address when another host still answers for it.")
+    conflict_timeout: float = opt(0.5, "How long the conflict check waits for an answer to its ARP probes (IPv4).", kind="duration", min=0.05, max=10.0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -136,6 +137,7 @@ class VmsConfig:
     save_timeout: float = opt(300.0, "Deadline for saving one domain.", kind="duration", min=1.0, max=3600.0)
     shutdown_timeout: float = opt(120.0, "After a failed save: how long a clean shutdown may take before the domain is destroyed.", kind="duration", min=1.0, max=3600.0)
     parallel: int = opt(4, "Domains started, saved or stopped at the same time.", min=1, max=64)
+    poll_interval: float = opt(5.0, "How often domain states are read in addition to libvirt's events.", kind="duration", min=0.1, max=300.0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 V=.venv/bin
-$V/ruff check --quiet daemon policy fencing sim tests bench scripts
+dirs=$(for d in daemon policy fencing sim tests bench scripts; do [ -d "$d" ] && echo "$d"; done)
+# shellcheck disable=SC2086
+$V/ruff check --quiet $dirs
 view=.mypy-src/clever_cluster
 mkdir -p "$view"
 for pkg in daemon policy fencing sim; do

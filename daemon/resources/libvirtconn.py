@@ -1,0 +1,237 @@
+"""One libvirt connection for the daemon: blocking calls off the event loop, events, reconnects.
+
+libvirt-python is blocking, so every call runs in a small thread pool of
+its own (the event loop never waits on libvirt). Lifecycle events arrive
+on libvirt's default event implementation, run by one thread per process,
+and are handed to the asyncio loop with ``call_soon_threadsafe``.
+
+Invariants:
+- A lost connection (close callback, or a failed call on a connection that
+  is no longer alive) is dropped and reopened with exponential backoff;
+  meanwhile :attr:`LibvirtClient.connected` is False and every call raises
+  :class:`LibvirtUnavailable` (callers report "unknown"; nothing crashes).
+- Callbacks run on the event loop, never on libvirt's threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import libvirt
+
+from .. import logsetup
+from .base import ResourceError
+
+log = logsetup.get("daemon.resources.libvirt")
+
+T = TypeVar("T")
+Opener = Callable[[str], Any]
+EventHandler = Callable[[str, int, int], None]  # domain name, event, detail
+
+_event_lock = threading.Lock()
+_event_thread: threading.Thread | None = None
+
+
+class LibvirtUnavailable(ResourceError):
+    """libvirt is not connected (or the connection broke during the call)."""
+
+
+def _ignore_error(_ctx: object, _err: object) -> None:
+    """libvirt prints every error on stderr by default; errors reach us as exceptions instead."""
+
+
+def ensure_event_loop() -> None:
+    """Register libvirt's default event implementation and run it in a daemon thread (once per process).
+
+    Must happen before the first connection is opened, or that connection
+    gets no events and no keepalive.
+    """
+    global _event_thread
+    with _event_lock:
+        if _event_thread is not None:
+            return
+        libvirt.registerErrorHandler(_ignore_error, None)
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        _event_thread = threading.Thread(target=run, name="libvirt-events", daemon=True)
+        _event_thread.start()
+
+
+class LibvirtClient:
+    def __init__(self, uri: str, *, opener: Opener | None = None, workers: int = 8,
+                 backoff_min: float = 0.5, backoff_max: float = 30.0,
+                 on_event: EventHandler | None = None, on_change: Callable[[], None] | None = None) -> None:
+        self.uri = uri
+        self._opener: Opener = opener or libvirt.open
+        self._workers = workers
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="libvirt")
+        self._in_flight: set[Future[Any]] = set()
+        self._in_flight_lock = threading.Lock()  # done-callbacks run on the pool's threads
+        self._backoff_min, self._backoff_max = backoff_min, backoff_max
+        self.on_event = on_event
+        self.on_change = on_change
+        self._conn: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._connected_evt = asyncio.Event()
+        self.last_error: str | None = "not connected yet"
+        self.reconnects = 0
+        self._gen = 0  # which connection a close callback is about
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        ensure_event_loop()
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self._maintain(), name=f"libvirt {self.uri}")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                await asyncio.get_running_loop().run_in_executor(self._pool, conn.close)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    async def wait_connected(self, timeout: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._connected_evt.wait()
+        return self.connected
+
+    # ------------------------------------------------------------------ calls
+
+    @property
+    def workers(self) -> int:
+        return self._workers
+
+    async def call(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(connection)`` in the libvirt thread pool. libvirtError passes through unless the connection broke.
+
+        The job is submitted before this coroutine first yields. If the caller
+        is cancelled (a deadline), a job not started yet never starts; one
+        already running finishes in its thread, and :meth:`drain` waits for it.
+        """
+        conn = self._conn
+        if conn is None:
+            raise LibvirtUnavailable(f"libvirt ({self.uri}) is not connected: {self.last_error}")
+        loop = asyncio.get_running_loop()
+        job = self._pool.submit(fn, conn)
+        with self._in_flight_lock:
+            self._in_flight.add(job)
+        job.add_done_callback(self._job_done)
+        try:
+            return await asyncio.wrap_future(job)
+        except libvirt.libvirtError as e:
+            if not await loop.run_in_executor(self._pool, _alive, conn):
+                self._lost(conn, str(e))
+                raise LibvirtUnavailable(f"libvirt ({self.uri}) connection lost: {e}") from e
+            raise
+
+    def _job_done(self, job: Future[Any]) -> None:
+        with self._in_flight_lock:
+            self._in_flight.discard(job)
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until no libvirt call is running (calls abandoned by a deadline included); False on timeout."""
+        with self._in_flight_lock:
+            jobs = list(self._in_flight)
+        pending = [asyncio.wrap_future(j) for j in jobs]
+        if not pending:
+            return True
+        _, still = await asyncio.wait(pending, timeout=timeout)
+        return not still
+
+    # ------------------------------------------------------------------ connection upkeep
+
+    async def _maintain(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = self._backoff_min
+        while True:
+            if self._conn is None:
+                self._gen += 1
+                try:
+                    conn = await loop.run_in_executor(self._pool, self._open, self._gen)
+                except libvirt.libvirtError as e:
+                    self.last_error = str(e)
+                    log.warning("cannot connect to libvirt at %s (retry in %g s): %s", self.uri, delay, e)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self._backoff_max)
+                    continue
+                self._conn, self.last_error = conn, None
+                self.reconnects += 1
+                delay = self._backoff_min
+                self._connected_evt.set()
+                log.info("connected to libvirt at %s", self.uri)
+                self._changed()
+            self._wake.clear()
+            await self._wake.wait()
+
+    def _open(self, gen: int) -> Any:
+        conn = self._opener(self.uri)
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.setKeepAlive(5, 3)
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.registerCloseCallback(self._closed_cb, gen)
+        conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._event_cb, None)
+        return conn
+
+    def _lost(self, conn: Any, why: str) -> None:
+        """On the loop: forget a broken connection and wake the reconnect task."""
+        if self._conn is not conn:
+            return
+        self._conn, self.last_error = None, why
+        self._connected_evt.clear()
+        log.warning("lost the libvirt connection to %s: %s; VM states are unknown until it is back", self.uri, why)
+        with contextlib.suppress(RuntimeError):  # the pool is already shut down
+            self._pool.submit(conn.close)
+        self._wake.set()
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    # Called on libvirt's event thread.
+    def _closed_cb(self, _conn: Any, reason: int, gen: int) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._lost_by_callback, gen, reason)
+
+    def _lost_by_callback(self, gen: int, reason: int) -> None:
+        if self._conn is not None and gen == self._gen:
+            self._lost(self._conn, f"connection closed by libvirt (reason {reason})")
+
+    def _event_cb(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: object) -> None:
+        loop, handler = self._loop, self.on_event
+        if loop is None or handler is None or loop.is_closed():
+            return
+        try:
+            name = dom.name()
+        except libvirt.libvirtError:
+            return
+        loop.call_soon_threadsafe(handler, name, event, detail)
+
+
+def _alive(conn: Any) -> bool:
+    try:
+        return bool(conn.isAlive())
+    except libvirt.libvirtError:
+        return False

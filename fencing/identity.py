@@ -1,0 +1,162 @@
+"""The identity check: a fence device must prove it controls the peer.
+
+A device is trusted (VERIFIED) only after both, in one check:
+- the machine id it reports (IPMI system GUID, Redfish ``ComputerSystem.UUID``,
+  libvirt domain UUID; for stock agents the configured one) equals the
+  machine id the peer publishes in its heartbeat, and is not this node's own;
+- it reads the machine ON while the peer is heard.
+
+Invariants:
+- A MISMATCH disables the device until the configuration changes (a new
+  book is made at reload): it is never used for a power action again.
+- A check that could not be completed (device unreachable, peer not heard)
+  never downgrades a VERIFIED device, and never verifies one.
+- Trust is bound to the peer's machine id it was verified against: if the
+  peer publishes another machine id (hardware swapped), the device must be
+  verified again.
+- Manual devices need no identity: the operator's check is the proof.
+
+Verified devices are remembered in ``<state_dir>/fence-identity.json`` so that
+a daemon restarted during a peer loss can still use them; an entry counts only
+for the same device description and peer machine id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import uuid
+from pathlib import Path
+
+from .agent import DeviceError, FenceAgent
+from .durable import atomic_write
+from .manual import ManualAgent
+from .types import Deadline, PowerState, now_wall
+
+
+class Trust(enum.Enum):
+    UNVERIFIED = "unverified"
+    VERIFIED = "verified"
+    MISMATCH = "mismatch"
+
+
+@dataclasses.dataclass(frozen=True)
+class IdentityVerdict:
+    device: str
+    trust: Trust
+    message: str
+    reported: str | None = None
+    peer_machine_id: str | None = None
+    at: float = 0.0
+
+
+def _variants(value: str) -> set[str]:
+    """The UUID and its byte-swapped form: some BMCs send the GUID in the
+    other byte order (first three fields big- instead of little-endian)."""
+    try:
+        u = uuid.UUID(value.strip().strip("{}"))
+    except ValueError:
+        return {value.strip().lower()}
+    return {str(u), str(uuid.UUID(bytes_le=u.bytes))}
+
+
+def same_machine(a: str, b: str) -> bool:
+    return bool(_variants(a) & _variants(b))
+
+
+async def check_identity(agent: FenceAgent, *, peer_machine_id: str | None, own_machine_id: str, peer_heard: bool,
+                         deadline: Deadline) -> IdentityVerdict:
+    """Run the identity check once (read-only: machine id and power status)."""
+    name = agent.name
+    if isinstance(agent, ManualAgent):
+        return IdentityVerdict(name, Trust.VERIFIED, "an operator's confirmation needs no device identity", at=now_wall())
+    try:
+        reported = await agent.machine_id(deadline)
+    except DeviceError as e:
+        return IdentityVerdict(name, Trust.UNVERIFIED, f"cannot read the machine id: {e.message}", at=now_wall())
+    if same_machine(reported, own_machine_id):
+        return IdentityVerdict(name, Trust.MISMATCH, f"reports this node's own machine id {reported}: it would power off this node",
+                               reported, peer_machine_id, now_wall())
+    if peer_machine_id is None:
+        return IdentityVerdict(name, Trust.UNVERIFIED, "the peer's machine id is not known yet (not heard since start)", reported, None, now_wall())
+    if not same_machine(reported, peer_machine_id):
+        return IdentityVerdict(name, Trust.MISMATCH, f"reports machine id {reported}, but the peer publishes {peer_machine_id}",
+                               reported, peer_machine_id, now_wall())
+    if not peer_heard:
+        return IdentityVerdict(name, Trust.UNVERIFIED, "machine id matches; its power reading can be checked only while the peer is heard",
+                               reported, peer_machine_id, now_wall())
+    reading = await agent.status(deadline)
+    if reading.outcome is not None:
+        return IdentityVerdict(name, Trust.UNVERIFIED, f"machine id matches but the power read failed: {reading.detail}",
+                               reported, peer_machine_id, now_wall())
+    if reading.state is PowerState.OFF:
+        return IdentityVerdict(name, Trust.MISMATCH, f"reads the machine OFF ({reading.detail}) while the peer is heard: it does not control the peer",
+                               reported, peer_machine_id, now_wall())
+    if reading.state is not PowerState.ON:
+        return IdentityVerdict(name, Trust.UNVERIFIED, f"machine id matches; power reads {reading.detail}", reported, peer_machine_id, now_wall())
+    return IdentityVerdict(name, Trust.VERIFIED, f"machine id {reported} matches the peer and it reads ON while the peer is heard",
+                           reported, peer_machine_id, now_wall())
+
+
+class IdentityBook:
+    """Trust per device, for one configuration (make a new book at reload)."""
+
+    FILENAME = "fence-identity.json"
+
+    def __init__(self, devices: dict[str, str], state_dir: Path | None = None) -> None:
+        """``devices``: device name -> description (kind and address, no secrets)."""
+        self._describe = dict(devices)
+        self._path = Path(state_dir) / self.FILENAME if state_dir is not None else None
+        self._verdicts: dict[str, IdentityVerdict] = {}
+        self._load()
+
+    def _load(self) -> None:
+        if self._path is None:
+            return
+        try:
+            data = json.loads(self._path.read_text())
+        except (FileNotFoundError, ValueError):
+            return
+        if not isinstance(data, dict):
+            return
+        for name, entry in data.items():
+            if not isinstance(entry, dict) or self._describe.get(name) != entry.get("describe"):
+                continue
+            if entry.get("trust") != Trust.VERIFIED.value or not isinstance(entry.get("peer_machine_id"), str):
+                continue
+            self._verdicts[name] = IdentityVerdict(name, Trust.VERIFIED, str(entry.get("message", "verified earlier")),
+                                                   entry.get("reported"), entry["peer_machine_id"], float(entry.get("at", 0.0)))
+
+    def _save(self) -> None:
+        if self._path is None:
+            return
+        data = {n: {"trust": v.trust.value, "describe": self._describe.get(n), "reported": v.reported,
+                    "peer_machine_id": v.peer_machine_id, "message": v.message, "at": v.at}
+                for n, v in self._verdicts.items() if v.trust is Trust.VERIFIED}
+        atomic_write(self._path, (json.dumps(data, sort_keys=True, indent=1) + "\n").encode())
+
+    def record(self, verdict: IdentityVerdict) -> IdentityVerdict:
+        """Fold a check result in; returns the device's verdict now in force."""
+        old = self._verdicts.get(verdict.device)
+        if old is not None and old.trust is Trust.MISMATCH:
+            return old  # disabled until the configuration changes
+        if verdict.trust is Trust.UNVERIFIED and old is not None and old.trust is Trust.VERIFIED:
+            return old
+        self._verdicts[verdict.device] = verdict
+        if verdict.trust is Trust.VERIFIED or (old is not None and old.trust is Trust.VERIFIED):
+            self._save()
+        return verdict
+
+    def verdict(self, device: str) -> IdentityVerdict:
+        return self._verdicts.get(device) or IdentityVerdict(device, Trust.UNVERIFIED, "not checked yet")
+
+    def trusted(self, device: str, peer_machine_id: str | None) -> bool:
+        v = self._verdicts.get(device)
+        if v is None or v.trust is not Trust.VERIFIED:
+            return False
+        if v.peer_machine_id is None or peer_machine_id is None:
+            # Manual devices; or the peer has not been heard since this daemon
+            # started: the machine id it was verified against is the last one known.
+            return True
+        return same_machine(v.peer_machine_id, peer_machine_id)
