@@ -207,6 +207,17 @@ class GatewayPinger:
                  p.reachable, len(p.targets), _describe(p.targets))
         return p
 
+    async def gate_open(self) -> bool:
+        """The fence gate (S7) as the fencing coordinator's ``gateway_gate``: any target reachable now.
+
+        ICMP unusable counts as unreachable: an isolated-looking node does not shoot.
+        """
+        try:
+            return (await self.fresh_probe()).reachable > 0
+        except GatewayError as e:
+            log.error("fence gate closed: %s", e)
+            return False
+
     def record(self, p: GatewayProbe) -> None:
         prev = self._last.score if self._last is not None else None
         self._last = p

@@ -150,16 +150,17 @@ def test_dampen_bookkeeping_with_a_fake_clock() -> None:
 def test_fresh_probe_is_taken_now(lan: netns.TwoNodes) -> None:
     cfg = gw_cfg(TARGETS)
 
-    async def go() -> tuple[int, int]:
+    async def go() -> tuple[int, int, bool, bool]:
         p = GatewayPinger(cfg)
         p.record(await p.probe())
         first = p.facts().score
+        was_open = await p.gate_open()
         await asyncio.to_thread(lan.cut_uplink, 1)
         fresh = await p.fresh_probe()
         assert first is not None
-        return first, fresh.score
+        return first, fresh.score, was_open, await p.gate_open()
 
-    assert in_netns(lan.n1.ns, go) == (200, 0)
+    assert in_netns(lan.n1.ns, go) == (200, 0, True, False)
 
 
 def test_unprivileged_without_the_sysctl_names_it(lan: netns.TwoNodes) -> None:
