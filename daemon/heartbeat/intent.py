@@ -3,8 +3,9 @@
 A change made on either node gets ``version = max(ours, the peer's) + 1`` and
 this node's name as ``origin``; the record with the higher
 :meth:`AdminIntent.order` wins on both nodes (ties by node name). Every
-heartbeat carries the whole record, so replication repeats until the peer
-holds the same one, which is its acknowledgement.
+heartbeat names the record its sender holds (:class:`IntentRef`) and
+carries the whole record while the peer names another one, so replication
+repeats until the peer names ours: that is its acknowledgement.
 
 Invariants:
 - A record is persisted (temp file, fsync, rename, fsync of the directory)
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from ..persist import atomic_write_json, ensure_dir
 from .codec import CodecError, from_wire, to_wire
-from .model import MAX_CLEANUPS, AdminIntent
+from .model import MAX_CLEANUPS, AdminIntent, IntentRef
 
 INTENT_FILE = "intent.json"
 FORMAT = 1
@@ -40,7 +41,7 @@ class IntentStore:
         self.path = state_dir / INTENT_FILE
         self.node = node
         self.record = AdminIntent()
-        self.peer_record: AdminIntent | None = None  # as the peer last reported it
+        self.peer_ref: IntentRef | None = None  # the record the peer last said it holds
         self.superseded: AdminIntent | None = None  # our own change replaced before the peer acknowledged it
 
     def load(self) -> AdminIntent:
@@ -64,13 +65,17 @@ class IntentStore:
 
     @property
     def acknowledged(self) -> bool:
-        return self.peer_record is not None and self.peer_record.order() == self.record.order()
+        return self.peer_ref == self.record.ref
+
+    def outgoing(self) -> tuple[IntentRef, AdminIntent | None]:
+        """What the next heartbeat carries: our ref, and the record unless the peer holds it."""
+        return self.record.ref, None if self.acknowledged else self.record
 
     def change(self, edit: Callable[[AdminIntent], AdminIntent], wall_now: float) -> AdminIntent:
         """Apply an operator's change on top of the current record; persisted before it returns."""
         base = self.record
         edited = edit(base)
-        floor = max(base.version, self.peer_record.version if self.peer_record else 0)
+        floor = max(base.version, self.peer_ref.version if self.peer_ref else 0)
         new = dataclasses.replace(edited, version=floor + 1, origin=self.node, changed_at=wall_now,
                                   cleanups=tuple(sorted(edited.cleanups, key=lambda c: c.serial))[-MAX_CLEANUPS:])
         self._persist(new)
@@ -78,11 +83,16 @@ class IntentStore:
         self.superseded = None
         return new
 
-    def offer(self, theirs: AdminIntent) -> bool:
-        """The peer's record; adopted (after persisting) when it wins. Returns True when adopted."""
+    def offer(self, ref: IntentRef, theirs: AdminIntent | None) -> bool:
+        """What the peer holds (and the record itself, when sent); adopted (persisted first) when it wins.
+
+        Returns True when adopted.
+        """
         was_acknowledged = self.acknowledged
-        self.peer_record = theirs
-        if theirs.order() <= self.record.order():
+        if theirs is not None:
+            ref = theirs.ref  # computed here, not taken on trust
+        self.peer_ref = ref
+        if theirs is None or theirs.order() <= self.record.order():
             return False
         mine = self.record
         self._persist(theirs)

@@ -11,14 +11,16 @@ Every field is declared with :func:`~.codec.wf` (short wire key, bounds);
 Invariants:
 - Records are frozen; their size on the wire is bounded by the declared
   bounds (names at most 63 characters, lists at most a few entries).
-- An :class:`AdminIntent` is totally ordered by :meth:`AdminIntent.order`
-  (version, origin node, digest): two nodes holding different records agree
-  on which one wins, whatever the order they learnt them in.
+- An :class:`AdminIntent` is totally ordered by its :class:`IntentRef`
+  (version, origin node, digest of the content): two nodes holding
+  different records agree on which one wins, whatever the order they learnt
+  them in.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from typing import Literal
 
@@ -170,6 +172,19 @@ MAX_CLEANUPS = 4
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class IntentRef:
+    """Names one intent record: sent in every heartbeat; the whole record only while the peer lacks it."""
+
+    version: int = wf("v")
+    origin: str = wf("o", max_len=NAME)
+    digest: bytes = wf("d", max_len=8)
+
+    def order(self) -> tuple[int, str, bytes]:
+        """Total order: version, then origin node name, then content (a tie that should not happen)."""
+        return (self.version, self.origin, self.digest)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class AdminIntent:
     """What the operators asked for, replicated between the nodes.
 
@@ -186,12 +201,13 @@ class AdminIntent:
     maintenance: bool = wf("m", False)
     cleanups: tuple[Cleanup, ...] = wf("c", (), max_items=MAX_CLEANUPS)
 
-    def digest(self) -> bytes:
-        return hashlib.sha256(msgpack.packb(to_wire(self), use_bin_type=True)).digest()[:8]
+    @functools.cached_property
+    def ref(self) -> IntentRef:
+        digest = hashlib.sha256(msgpack.packb(to_wire(self), use_bin_type=True)).digest()[:8]
+        return IntentRef(version=self.version, origin=self.origin, digest=digest)
 
     def order(self) -> tuple[int, str, bytes]:
-        """Total order: version, then origin node name, then content (a tie that should not happen)."""
-        return (self.version, self.origin, self.digest())
+        return self.ref.order()
 
     def banned(self, node: str, wall_now: float) -> bool:
         return any(b.node == node and b.active(wall_now) for b in self.bans)

@@ -19,7 +19,7 @@ import enum
 import json
 from pathlib import Path
 
-from ..persist import atomic_write_json
+from ..persist import atomic_write_json, ensure_dir
 from .wire import Envelope
 
 PEER_FILE = "peer-incarnation.json"
@@ -61,6 +61,7 @@ class ReplayGuard:
                 return None
             verdict = Admit.FIRST if self.incarnation is None else Admit.RESTARTED
             if env.incarnation > self._floor and self._path is not None:
+                ensure_dir(self._path.parent)
                 atomic_write_json(self._path, {"peer": self.peer, "incarnation": env.incarnation})
                 self._floor = env.incarnation
             self.incarnation = env.incarnation

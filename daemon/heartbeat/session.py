@@ -31,6 +31,7 @@ import collections
 import dataclasses
 import enum
 import time
+import uuid
 from collections.abc import Callable
 
 from .. import logsetup
@@ -140,6 +141,8 @@ class Session:
         self.max_version = max_version
         self._wall = wall
         self.fingerprint = safety_fingerprint(cfg)
+        self._boot_id = uuid.UUID(ident.boot_id).bytes
+        self._machine_id = uuid.UUID(ident.machine_id).bytes if ident.machine_id else None
         self.links = [LinkStats(ln.name, i) for i, ln in enumerate(cfg.heartbeat.link)]
         self._seq = [0] * len(self.links)
         self.requests = RequestChannel(kick=lambda: self.kick())
@@ -157,6 +160,7 @@ class Session:
         self.peer_report: NodeReport | None = None
         self.report_at: float | None = None
         self.peer_fingerprint: str | None = None
+        self._mismatch_reported = False
         self.peer_announce: Announce | None = None
         self.restart_deadline: float | None = None
         self.restarts = 0
@@ -186,15 +190,17 @@ class Session:
         version = self.send_version()
         echo_us, hold_us = self.links[link].echo(now)
         requests_ok = version >= 2 and self.state in HEARD
+        intent_ref, intent = self.intent.outgoing()
         hb = Heartbeat(
-            machine_id=self.ident.machine_id,
-            boot_id=self.ident.boot_id,
+            machine_id=self._machine_id,
+            boot_id=self._boot_id,
             sent_us=int(now * 1e6),
             echo_us=echo_us,
             hold_us=hold_us,
             fingerprint=self.fingerprint,
             report=self._report(),
-            intent=self.intent.record,
+            intent_ref=intent_ref,
+            intent=intent,
             rx_loss=self._rx_loss(now),
             announce=announce,
             requests=self.requests.outgoing() if requests_ok else (),
@@ -293,8 +299,8 @@ class Session:
 
     def _readable(self, link: int, env: Envelope, hb: Heartbeat, now: float) -> None:
         self.peer_version = env.version
-        self.peer_boot_id = hb.boot_id
-        self.peer_machine_id = hb.machine_id
+        self.peer_boot_id = str(uuid.UUID(bytes=hb.boot_id))
+        self.peer_machine_id = None if hb.machine_id is None else str(uuid.UUID(bytes=hb.machine_id))
         ls = self.links[link]
         ls.rtt_sample(now, hb.echo_us, hb.hold_us)
         ls.note_peer_sent(hb.sent_us, now)
@@ -303,10 +309,6 @@ class Session:
                 other.peer_rx_loss = (hb.rx_loss[i] or 0) / 1000
         self.peer_report = hb.report
         self.report_at = now
-        if hb.fingerprint != self.peer_fingerprint:
-            self.peer_fingerprint = hb.fingerprint
-            self._check_fingerprint(now)
-        self._take_intent(hb.intent, now)
         if hb.announce is None:
             self.peer_announce = None
             self.restart_deadline = None
@@ -319,17 +321,21 @@ class Session:
                 self.restart_deadline = now + hb.announce.expected
                 self._set_state(PeerState.RESTARTING, now,
                                 f"{self.ident.peer} is restarting: expected back within {hb.announce.expected:g} s")
+        if hb.fingerprint != self.peer_fingerprint:
+            self.peer_fingerprint = hb.fingerprint
+            self._check_fingerprint(now)
+        self._take_intent(hb, now)
         self.requests.available = env.version >= 2 and self.state in HEARD
         if env.version >= 2:
             self.requests.on_requests(hb.requests, now)
             self.requests.on_responses(hb.responses)
 
-    def _take_intent(self, theirs: AdminIntent, now: float) -> None:
+    def _take_intent(self, hb: Heartbeat, now: float) -> None:
         was_acked = self.intent.acknowledged
         try:
-            adopted = self.intent.offer(theirs)
+            adopted = self.intent.offer(hb.intent_ref, hb.intent)
         except OSError as e:
-            log.error("cannot persist the peer's admin intent (version %d): %s; not adopting it", theirs.version, e)
+            log.error("cannot persist the peer's admin intent (version %d): %s; not adopting it", hb.intent_ref.version, e)
             return
         if adopted:
             rec = self.intent.record
@@ -339,13 +345,16 @@ class Session:
                 self.emit("intent_superseded", now,
                            f"this node's intent change (version {s.version}: {s.describe()}) was replaced by {rec.origin}'s "
                            f"version {rec.version} before the peer acknowledged it; check that the record holds what was asked")
-        elif self.intent.acknowledged and not was_acked:
+        elif self.intent.acknowledged and not was_acked and self.intent.record.version > 0:
             self.emit("intent_acknowledged", now, f"{self.ident.peer} holds admin intent version {self.intent.record.version}")
 
     def _check_fingerprint(self, now: float) -> None:
         if self.peer_fingerprint == self.fingerprint:
-            self.emit("settings_match", now, f"settings fingerprint {self.fingerprint} matches {self.ident.peer}")
+            if self._mismatch_reported:
+                self.emit("settings_match", now, f"settings fingerprint {self.fingerprint} now matches {self.ident.peer}")
+            self._mismatch_reported = False
         else:
+            self._mismatch_reported = True
             self.emit("settings_mismatch", now,
                        f"safety-relevant settings differ: this node {self.fingerprint}, {self.ident.peer} {self.peer_fingerprint}")
 

@@ -38,7 +38,7 @@ import msgpack
 
 from .codec import CodecError, from_wire, to_wire, wf
 from .keys import TAG_BYTES, Key, Keyring
-from .model import NAME, AdminIntent, Announce, NodeReport
+from .model import NAME, AdminIntent, Announce, IntentRef, NodeReport
 
 MAGIC = b"cc"
 PROTOCOL_VERSION = 2  # what this build speaks
@@ -103,18 +103,23 @@ class ResponseMsg:
 class Heartbeat:
     """The body: who sends, timing for RTT, the sender's report and intent."""
 
-    machine_id: str | None = wf("mi", None, max_len=36)
-    boot_id: str = wf("bi", max_len=36)
+    machine_id: bytes | None = wf("mi", None, max_len=16)  # SMBIOS system UUID, 16 bytes
+    boot_id: bytes = wf("bi", max_len=16)  # the kernel's boot id, 16 bytes
     sent_us: int = wf("ts")  # sender's monotonic clock, microseconds
     echo_us: int | None = wf("ec", None)  # the peer's last sent_us heard on this link
     hold_us: int = wf("ho", 0)  # how long ago that was received
     fingerprint: str = wf("fp", max_len=16)
     report: NodeReport = wf("r")
-    intent: AdminIntent = wf("in", AdminIntent())
+    intent_ref: IntentRef = wf("ir")  # the admin intent record the sender holds
+    intent: AdminIntent | None = wf("in", None)  # the whole record, while the peer does not hold it
     rx_loss: tuple[int | None, ...] = wf("rl", (), hi=1000, max_items=MAX_STREAMS)  # per mille, per stream heard
     announce: Announce | None = wf("an", None)
     requests: tuple[RequestMsg, ...] = wf("rq", (), max_items=4)  # version >= 2
     responses: tuple[ResponseMsg, ...] = wf("rs", (), max_items=4)  # version >= 2
+
+    def __post_init__(self) -> None:
+        if len(self.boot_id) != 16 or (self.machine_id is not None and len(self.machine_id) != 16):
+            raise ValueError("boot and machine ids are 16-byte UUIDs")
 
 
 _V2_ONLY = ("rq", "rs")
