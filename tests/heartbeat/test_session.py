@@ -120,7 +120,7 @@ def test_peer_incarnation_floor_survives_a_restart_of_the_receiver(pair: Pair) -
 def test_recorded_datagrams_replayed_after_a_restart_prove_nothing(pair: Pair) -> None:
     """An attacker records the peer's datagrams, the peer dies, this daemon restarts: the
     recording is of the peer's current incarnation and in order, but echoes our old one."""
-    a, b = connected(pair)
+    _a, b = connected(pair)
     recording = [b.datagram(i % 2, T0 + i * 0.1) for i in range(40)]
     a2 = make_session(pair.cfg1, 101)
     for i, d in enumerate(recording):
@@ -236,7 +236,7 @@ def test_settings_mismatch_is_a_fact(pair: Pair, tmp_path: Path) -> None:
     v = a.view(T0)
     assert v.settings_mismatch is True and v.peer_settings_fingerprint == b.fingerprint
     assert "settings_mismatch" in kinds(a)
-    a2, b2 = connected(make_pair(tmp_path / "c"))
+    a2, _b2 = connected(make_pair(tmp_path / "c"))
     assert a2.view(T0).settings_mismatch is False
 
 
