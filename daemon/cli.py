@@ -170,9 +170,17 @@ def cmd_reload(ctx: Context) -> int:
     return EXIT_OK
 
 
+def cmd_daemon_restart(ctx: Context) -> int:
+    got = ctx.call("shutdown", restart=True)
+    print(f"clever-clusterd is restarting; the peer expects it back within {got['expected']:g}s "
+          "(systemd starts it again: the unit has RestartForceExitStatus=75)")
+    return EXIT_OK
+
+
 VERBS: dict[str, tuple[Callable[[Context], int], str]] = {
     "status": (cmd_status, "show the cluster state"),
     "reload": (cmd_reload, "re-read the configuration file (like SIGHUP)"),
+    "daemon-restart": (cmd_daemon_restart, "restart this node's daemon, telling the peer to expect it back (resources keep running)"),
 }
 READ_VERBS = {"status"}
 
