@@ -329,6 +329,7 @@ def status_dict(svc: HeartbeatService) -> dict[str, Any]:
         "drops": v.drops,
         "unconfirmed": v.unconfirmed,
         "restarts": v.restarts,
+        "longest_silence": _r(v.longest_silence),
         "requests": {"outstanding": s.requests.outstanding(), "served": s.requests.served},
         "event_counts": dict(s.event_counts),
         "events": [dataclasses.asdict(e) for e in list(s.events)[-STATUS_EVENTS:]],

@@ -109,6 +109,7 @@ class PeerView:
     intent_superseded: AdminIntent | None
     links: tuple[LinkView, ...]
     restarts: int
+    longest_silence: float
     drops: dict[str, int]
     unconfirmed: int
 
@@ -164,6 +165,7 @@ class Session:
         self.peer_announce: Announce | None = None
         self.restart_deadline: float | None = None
         self.restarts = 0
+        self.longest_silence = 0.0  # between fresh datagrams while the peer was heard: the margin left to the timeout
         self.events: collections.deque[Event] = collections.deque(maxlen=EVENT_HISTORY)
         self.event_counts: collections.Counter[str] = collections.Counter()
 
@@ -276,6 +278,8 @@ class Session:
             return
         self.links[link].record(now, env.stream, env.sequence, restarted=admit is Admit.RESTARTED)
         self.links[link].key_name = opened.key.name
+        if self.last_valid is not None and self.state in HEARD:
+            self.longest_silence = max(self.longest_silence, now - self.last_valid)
         self.last_valid = now
         self._link_up(link, now)
         if env.version > self.max_version or env.version < MIN_VERSION:
@@ -469,6 +473,7 @@ class Session:
             intent_superseded=self.intent.superseded,
             links=links,
             restarts=self.restarts,
+            longest_silence=self.longest_silence,
             drops=dict(self.drops),
             unconfirmed=self.unconfirmed,
         )
