@@ -30,6 +30,7 @@ from .control import Caller, ControlError, ControlServer, Handler, socket_path
 from .heartbeat import Announce, HeartbeatError, HeartbeatService, NodeReport
 from .heartbeat.keys import KeyProblem
 from .heartbeat.model import PHASES, Phase
+from .heartbeat.service import next_grid, sleep_until
 from .notify import Notifier
 
 log = logsetup.get("daemon.runtime")
@@ -198,19 +199,15 @@ class Runtime:
 
     async def _tick_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        expected = loop.time()
         while True:
-            tick = self.cfg.policy.tick
-            expected += tick
-            delay = expected - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            # On the heartbeat's time grid: one wakeup serves the tick and the senders.
+            expected = next_grid(loop.time(), self.cfg.policy.tick)
+            await sleep_until(expected)
             now = loop.time()
             self.loop_lag = max(0.0, now - expected)
             if self.loop_lag > self.cfg.policy.stall_threshold:
                 self.stalls += 1
                 log.warning("event loop stalled for %.3f s (threshold %.3f s)", self.loop_lag, self.cfg.policy.stall_threshold)
-                expected = now  # do not try to catch up with missed ticks
                 continue
             self.cycle()
             self.notifier.cycle_done(loop.time())
