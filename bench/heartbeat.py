@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import statistics
 import sys
 import tempfile
@@ -173,6 +174,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench/heartbeat.py needs root (network namespaces)", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so the labs are removed on the way out
     work = Path(tempfile.mkdtemp(prefix="cc-bench-hb-"))
     print("detection latency...", file=sys.stderr)
     lat = detection_latency(work, args.trials)

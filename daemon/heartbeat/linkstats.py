@@ -38,10 +38,14 @@ class LinkStats:
     _window: collections.deque[tuple[float, int]] = dataclasses.field(default_factory=collections.deque)
     _echo: tuple[int, float] | None = None  # (peer's sent_us, when we received it)
 
-    def record(self, now: float, stream: int, sequence: int, *, restarted: bool) -> None:
-        if restarted or stream != self.stream:
+    def reset_peer(self) -> None:
+        """A new peer incarnation: its sequence numbers and send times start afresh."""
+        self._window.clear()
+        self._echo = None
+
+    def record(self, now: float, stream: int, sequence: int) -> None:
+        if stream != self.stream:
             self._window.clear()
-            self._echo = None
             self.stream = stream
         if self._window and sequence <= self._window[-1][1]:
             return  # a datagram that was overtaken; the replay guard normally drops these
@@ -66,7 +70,8 @@ class LinkStats:
     # ------------------------------------------------------------------ RTT
 
     def note_peer_sent(self, sent_us: int, now: float) -> None:
-        self._echo = (sent_us, now)
+        if self._echo is None or sent_us > self._echo[0]:
+            self._echo = (sent_us, now)
 
     def echo(self, now: float) -> tuple[int | None, int]:
         """(the peer's last send time, how long we held it) for our next datagram on this link."""

@@ -153,12 +153,13 @@ class RequestChannel:
         return tuple(ResponseMsg(rid=e.rid, status=e.status, result=e.result, error=e.error) for e in live[-MAX_OUTSTANDING:])
 
     def peer_restarted(self) -> None:
-        """Requests of an earlier peer incarnation are void; so are answers we owed it."""
+        """Requests of an earlier peer incarnation are void, and so are ours to it: the caller
+        decides again (an answer from the peer's next life could be about another state)."""
         self._in.clear()
         self._in_floor = 0
-        for o in self._out.values():
-            # The new incarnation never saw our request under its old life; resend from scratch.
-            o.accepted = False
+        for o in list(self._out.values()):
+            if not o.future.done():
+                o.future.set_exception(RequestFailed(f"{o.kind}: the peer restarted before answering"))
 
     def on_requests(self, msgs: tuple[RequestMsg, ...], now: float) -> None:
         for m in msgs:

@@ -91,6 +91,7 @@ class HeartbeatService:
         self._tasks: list[asyncio.Task[None]] = []
         self._listeners: list[Callable[[Event], None]] = []
         self._stopped = False
+        self._send_pending = False
         session.kick = self.send_now
         session.on_event = self._event
 
@@ -219,7 +220,18 @@ class HeartbeatService:
         link.sent += 1
 
     def send_now(self) -> None:
-        """Send on every link at once (a new request or answer should not wait for the interval)."""
+        """Send on every link soon (a new request or answer should not wait for the interval).
+
+        Deferred to the next loop iteration, so a call from inside the receive path never
+        re-enters the session, and several calls in one iteration send once.
+        """
+        if self._stopped or self._send_pending:
+            return
+        self._send_pending = True
+        asyncio.get_running_loop().call_soon(self._send_all)
+
+    def _send_all(self) -> None:
+        self._send_pending = False
         if self._stopped:
             return
         now = asyncio.get_running_loop().time()

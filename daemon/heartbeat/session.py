@@ -10,10 +10,13 @@ its :class:`~.wire.Drop` reason): size and framing, the HMAC under a key of
 the ring, the cluster and node names, the replay rules. A datagram that
 passes all of these but does not echo this daemon's own incarnation
 (``heard``) is in order but may be a recording from before this daemon
-started: it teaches us the peer's incarnation (so our next datagram can
-echo it) and nothing else. Only a datagram that echoes our incarnation is
-fresh: it proves the peer alive, even when its body is of a version we
-cannot read ("incompatible"), and only its body becomes facts.
+started: it teaches us the peer's incarnation and send time (so our next
+datagram can echo them) and nothing else. A datagram that echoes our
+incarnation and (when its body is readable) one of our send times from at
+most ``heartbeat.timeout`` ago, once the time the peer held it is taken
+off, is fresh: it proves the peer alive, even when its body is of a version
+we cannot read ("incompatible"), and only its body becomes facts. So a
+datagram held back on the way, or recorded and replayed, proves nothing.
 
 Invariants:
 - Never raises on received bytes; a send never fails for lack of room (VM
@@ -49,6 +52,7 @@ from .wire import MIN_VERSION, PROTOCOL_VERSION, Drop, Envelope, Heartbeat, deco
 log = logsetup.get("daemon.heartbeat")
 
 EVENT_HISTORY = 200
+CLOCK_SLACK = 0.001  # rounding of the microsecond timestamps
 
 
 class PeerState(enum.StrEnum):
@@ -165,6 +169,7 @@ class Session:
         self.peer_announce: Announce | None = None
         self.restart_deadline: float | None = None
         self.restarts = 0
+        self._fresh: tuple[int, float] | None = None  # the peer's latest send time (any link), when received
         self.longest_silence = 0.0  # between fresh datagrams while the peer was heard: the margin left to the timeout
         self.events: collections.deque[Event] = collections.deque(maxlen=EVENT_HISTORY)
         self.event_counts: collections.Counter[str] = collections.Counter()
@@ -191,6 +196,7 @@ class Session:
         self._seq[link] += 1
         version = self.send_version()
         echo_us, hold_us = self.links[link].echo(now)
+        fresh_us, fresh_hold_us = (None, 0) if self._fresh is None else (self._fresh[0], int((now - self._fresh[1]) * 1e6))
         requests_ok = version >= 2 and self.state in HEARD
         intent_ref, intent = self.intent.outgoing()
         hb = Heartbeat(
@@ -199,6 +205,8 @@ class Session:
             sent_us=int(now * 1e6),
             echo_us=echo_us,
             hold_us=hold_us,
+            fresh_us=fresh_us,
+            fresh_hold_us=fresh_hold_us,
             fingerprint=self.fingerprint,
             report=self._report(),
             intent_ref=intent_ref,
@@ -271,30 +279,54 @@ class Session:
             self.drops[Drop.REPLAY] += 1
             return
         self.peer_max_version = env.max_version
-        if admit is Admit.RESTARTED:
-            self._peer_restarted(previous, env.incarnation, now)
-        if env.heard != self.ident.incarnation:
+        if admit is not Admit.SAME:
+            self._peer_restarted(previous, env.incarnation, now, first=admit is Admit.FIRST)
+        readable = MIN_VERSION <= env.version <= self.max_version
+        hb: Heartbeat | None = None
+        problem = ""
+        if readable:
+            try:
+                hb = decode_body(env.version, opened.body)
+            except CodecError as e:
+                problem = str(e)
+        if hb is not None:
+            self._note_peer_sent(link, hb.sent_us, now)  # to echo: harmless even from a stale datagram
+        if env.heard != self.ident.incarnation or (hb is not None and hb.fresh_us is None):
+            # In order, but not (yet) proof that the peer heard this daemon: possibly a recording.
             self.unconfirmed += 1
             return
-        self.links[link].record(now, env.stream, env.sequence, restarted=admit is Admit.RESTARTED)
+        if hb is not None and hb.fresh_us is not None:
+            age = now - hb.fresh_us / 1e6 - hb.fresh_hold_us / 1e6
+            if not -CLOCK_SLACK <= age <= self.cfg.heartbeat.timeout:
+                self.drops[Drop.REPLAY] += 1  # held back on the way (or replayed) for longer than a timeout
+                return
+        self.links[link].record(now, env.stream, env.sequence)
         self.links[link].key_name = opened.key.name
         if self.last_valid is not None and self.state in HEARD:
             self.longest_silence = max(self.longest_silence, now - self.last_valid)
         self.last_valid = now
         self._link_up(link, now)
-        if env.version > self.max_version or env.version < MIN_VERSION:
+        if not readable:
             self.drops[Drop.UNKNOWN_VERSION if env.version > self.max_version else Drop.TOO_OLD_VERSION] += 1
             self._incompatible(now, f"it sends protocol {env.version}; this node reads {MIN_VERSION}..{self.max_version}")
-            return
-        try:
-            hb = decode_body(env.version, opened.body)
-        except CodecError as e:
+        elif hb is None:
             self.drops[Drop.MALFORMED] += 1
-            self._incompatible(now, f"its protocol {env.version} body does not decode here ({e})")
-            return
-        self._readable(link, env, hb, now)
+            self._incompatible(now, f"its protocol {env.version} body does not decode here ({problem})")
+        else:
+            self._readable(link, env, hb, now)
 
-    def _peer_restarted(self, old: int | None, new: int, now: float) -> None:
+    def _note_peer_sent(self, link: int, sent_us: int, now: float) -> None:
+        self.links[link].note_peer_sent(sent_us, now)
+        if self._fresh is None or sent_us > self._fresh[0]:
+            self._fresh = (sent_us, now)
+
+    def _peer_restarted(self, old: int | None, new: int, now: float, *, first: bool) -> None:
+        """A (first or new) peer incarnation: what we knew of the previous one is void."""
+        self._fresh = None
+        for ls in self.links:
+            ls.reset_peer()
+        if first:
+            return
         self.restarts += 1
         self.peer_report = None
         self.peer_announce = None
@@ -307,7 +339,6 @@ class Session:
         self.peer_machine_id = None if hb.machine_id is None else str(uuid.UUID(bytes=hb.machine_id))
         ls = self.links[link]
         ls.rtt_sample(now, hb.echo_us, hb.hold_us)
-        ls.note_peer_sent(hb.sent_us, now)
         for i, other in enumerate(self.links):
             if i < len(hb.rx_loss) and hb.rx_loss[i] is not None:
                 other.peer_rx_loss = (hb.rx_loss[i] or 0) / 1000

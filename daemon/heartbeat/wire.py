@@ -108,6 +108,8 @@ class Heartbeat:
     sent_us: int = wf("ts")  # sender's monotonic clock, microseconds
     echo_us: int | None = wf("ec", None)  # the peer's last sent_us heard on this link
     hold_us: int = wf("ho", 0)  # how long ago that was received
+    fresh_us: int | None = wf("fe", None)  # the peer's latest sent_us heard on any link (freshness proof)
+    fresh_hold_us: int = wf("fh", 0)  # how long ago that was received
     fingerprint: str = wf("fp", max_len=16)
     report: NodeReport = wf("r")
     intent_ref: IntentRef = wf("ir")  # the admin intent record the sender holds

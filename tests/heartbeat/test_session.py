@@ -129,6 +129,40 @@ def test_recorded_datagrams_replayed_after_a_restart_prove_nothing(pair: Pair) -
     assert a2.unconfirmed == 40 and a2.view(T0 + 20).last_heard is None
 
 
+def test_a_datagram_held_back_longer_than_the_timeout_proves_nothing(pair: Pair) -> None:
+    """Withheld on the way, then released: in order on its stream, echoing our incarnation,
+    but the send time it echoes shows its age."""
+    a, b = connected(pair)
+    held = b.datagram(0, T0 + 0.1)
+    t = T0 + 0.1
+    for _ in range(15):  # link 1 carries on meanwhile; link 0's datagrams are held back
+        t += 0.1
+        exchange(a, b, t, iter([1]))
+    a.poll(t)
+    a.receive(0, held, t)
+    assert a.drops == {Drop.REPLAY: 1}
+    assert a.links[0].last_heard == T0  # not refreshed by the stale datagram
+    fresh = b.datagram(0, t)
+    a.receive(0, fresh, t + 0.01)
+    assert a.links[0].last_heard == t + 0.01 and a.drops == {Drop.REPLAY: 1}
+
+
+def test_until_the_peer_echoes_one_of_our_send_times_it_is_not_heard(pair: Pair) -> None:
+    a, b = make_session(pair.cfg1, 100), make_session(pair.cfg2, 200)
+    b.receive(0, a.datagram(0, T0), T0)
+    a.receive(0, b.datagram(0, T0), T0)  # echoes a's incarnation and send time: a hears b
+    assert a.state is PeerState.ALIVE
+    b.replay.incarnation = None  # as if b had never read a's body: no send time to echo
+    b._fresh = None
+    b.receive(0, a.datagram(0, T0 + 0.05), T0 + 0.05)
+    assert b.state is PeerState.ALIVE  # a's datagram echoes b's send time
+    b2 = make_session(pair.cfg2, 201)
+    b2.replay.incarnation = 100  # knows a's incarnation from an envelope, has read no body of a
+    a.receive(1, b2.datagram(1, T0 + 0.1), T0 + 0.1)
+    assert a.unconfirmed >= 1 and a.view(T0 + 0.1).incarnation == 201 and a.restarts == 1
+    assert a.peer_report is None  # b2's datagram echoed no send time of a: not taken as facts
+
+
 def test_replayed_and_reordered_datagrams_are_dropped(pair: Pair) -> None:
     a, b = connected(pair)
     d1, d2 = b.datagram(0, T0 + 1), b.datagram(0, T0 + 1.1)
