@@ -227,3 +227,23 @@ async def test_an_older_peer_gets_no_requests_but_stays_alive(nodes: Nodes) -> N
     assert v.protocol == 1 and v.sending_version == 1 and not v.drops
     with pytest.raises(RequestUnavailable):
         await s1.requests.call(OUTDATE_DISK, OutdateRequest(resource="r0"), 1.0)
+
+
+async def test_a_request_outstanding_when_the_peer_restarts_fails(nodes: Nodes) -> None:
+    s1 = await nodes.start(1)
+    s2 = await nodes.start(2)
+
+    async def never(req: OutdateRequest) -> OutdateResult:
+        await asyncio.sleep(60)
+        return OutdateResult(outdated=False)
+
+    s2.requests.register(OUTDATE_DISK, never)
+    await both_alive(nodes)
+    await until(lambda: s1.requests.available, 5, "requests available")
+    call = asyncio.ensure_future(s1.requests.call(OUTDATE_DISK, OutdateRequest(resource="r0"), 20.0))
+    await until(lambda: s1.requests.outstanding() and s1.requests.outstanding()[0]["accepted"], 5, "node2 to accept")
+    await s2.stop(Announce(kind="restarting", expected=5))
+    del nodes.svc[2]
+    await nodes.start(2)
+    with pytest.raises(RequestFailed, match="restarted"):
+        await asyncio.wait_for(call, 10)
