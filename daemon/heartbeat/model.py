@@ -115,6 +115,8 @@ class FencedIncarnation:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FencingReport:
+    """This node's fencing facts: the loss episode it has open, the peer incarnation it fenced."""
+
     open_episode: EpisodeId | None = wf("oe", None)
     fenced: FencedIncarnation | None = wf("f", None)
     fence_in_progress: bool = wf("ip", False)

@@ -264,3 +264,10 @@ def test_codec_is_strict_about_types_and_bounds() -> None:
         from_wire(model.NodeReport, {"ph": "PHASE"})
     # Unknown keys are ignored (additions within a version), defaults fill missing ones.
     assert from_wire(model.VmReport, {**raw, "zz": 1}) == from_wire(model.VmReport, raw)
+
+
+def test_protocol_doc_tables_are_current() -> None:
+    from clever_cluster.daemon.heartbeat import protodoc
+
+    text = protodoc.DOC.read_text()
+    assert protodoc.render(text) == text, "run: python -m clever_cluster.daemon.heartbeat.protodoc --write"
