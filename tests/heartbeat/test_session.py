@@ -19,6 +19,7 @@ from clever_cluster.daemon.heartbeat.session import PeerState, Session
 from clever_cluster.daemon.heartbeat.wire import MAX_DATAGRAM, Drop, Envelope, Heartbeat, encode_body, seal
 
 from .conftest import Pair, exchange, make_pair, make_session
+from .test_wire import MSGPACK_VALUES
 
 T0 = 1000.0
 
@@ -390,3 +391,39 @@ def test_any_interleaving_of_changes_and_deliveries_converges(ops: list[tuple[st
         if made:
             assert a.intent.record == max(made, key=lambda r: r.order())
         assert a.intent.record == make_session(pair.cfg1, 999).intent.record  # what is on disk
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_authentic_garbage_never_raises_and_never_becomes_facts(data: st.DataObject) -> None:
+    """The peer's key, a fresh envelope, and anything at all as the body."""
+    with tempfile.TemporaryDirectory() as d:
+        pair = make_pair(Path(d))
+        a, b = connected(pair)
+        report_before = a.peer_report
+        value = data.draw(MSGPACK_VALUES | st.binary(max_size=300).map(lambda x: ("raw", x)))
+        body = value[1] if isinstance(value, tuple) and value[:1] == ("raw",) else msgpack.packb(value, use_bin_type=True)
+        version = data.draw(st.integers(0, 255))
+        a.receive(0, _raw(b, version, body, 10_000, a.ident.incarnation), T0 + 0.1)
+        a.receive(0, data.draw(st.binary(max_size=1400)), T0 + 0.1)
+        assert a.peer_report == report_before  # nothing of it became a fact
+        assert sum(a.drops.values()) >= 1
+
+
+def test_identity_incarnation_is_persisted_and_never_goes_back(tmp_path: Path) -> None:
+    from clever_cluster.daemon.heartbeat.identity import IdentityError, next_incarnation, read_machine_id
+
+    first = next_incarnation(tmp_path, "b", wall_now=1000.0)
+    assert first == 1000
+    assert next_incarnation(tmp_path, "b", wall_now=1000.0) == 1001  # same second: still higher
+    assert next_incarnation(tmp_path, "b", wall_now=10.0) == 1002  # clock stepped back: still higher
+    assert next_incarnation(tmp_path, "b", wall_now=5000.0) == 5000
+    assert json.loads((tmp_path / "incarnation.json").read_text())["incarnation"] == 5000
+    (tmp_path / "incarnation.json").write_text('{"incarnation": "x"}')
+    with pytest.raises(IdentityError, match="never go backwards"):
+        next_incarnation(tmp_path, "b")
+    uuid_file = tmp_path / "product_uuid"
+    uuid_file.write_text("4C4C4544-0042-3510-8053-B4C04F4E4D32\n")
+    assert read_machine_id(None, uuid_file) == "4c4c4544-0042-3510-8053-b4c04f4e4d32"
+    assert read_machine_id(None, tmp_path / "missing") is None
+    assert read_machine_id("11111111-2222-3333-4444-555555555555", uuid_file) == "11111111-2222-3333-4444-555555555555"
