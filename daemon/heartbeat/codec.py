@@ -171,16 +171,11 @@ def _decode_value(tp: Any, raw: Any, spec: Spec, path: str) -> Any:
         if not math.isfinite(value) or not spec.lo <= value <= spec.hi:
             raise CodecError(path, f"{value} is outside {spec.lo:g}..{spec.hi:g}")
         return value
-    if tp is str:
-        if not isinstance(raw, str):
-            raise CodecError(path, f"expected text, got {type(raw).__name__}")
+    if tp in (str, bytes):
+        what = "text" if tp is str else "bytes"
+        if not isinstance(raw, tp):
+            raise CodecError(path, f"expected {what}, got {type(raw).__name__}")
         if len(raw) > spec.max_len:
-            raise CodecError(path, f"longer than {spec.max_len} characters")
-        return raw
-    if tp is bytes:
-        if not isinstance(raw, bytes):
-            raise CodecError(path, f"expected bytes, got {type(raw).__name__}")
-        if len(raw) > spec.max_len:
-            raise CodecError(path, f"longer than {spec.max_len} bytes")
+            raise CodecError(path, f"{what} longer than {spec.max_len}")
         return raw
     raise TypeError(f"{path}: unsupported field type {tp!r}")
