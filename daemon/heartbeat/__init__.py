@@ -5,6 +5,7 @@ view, status, change_intent, requests) and the records of :mod:`.model`.
 docs/protocol.md describes the wire format and its rules.
 """
 
+from .facts import Event, LinkView, PeerState, PeerView
 from .model import (
     AdminIntent,
     Announce,
@@ -35,7 +36,6 @@ from .requests import (
     RequestUnavailable,
 )
 from .service import HeartbeatError, HeartbeatService
-from .session import Event, LinkView, PeerState, PeerView
 from .wire import MIN_VERSION, PROTOCOL_VERSION
 
 __all__ = [

@@ -36,13 +36,14 @@ from typing import Any
 
 from .. import logsetup
 from ..config import Config, LinkConfig
+from .facts import Event, PeerView
 from .identity import IdentityError, establish
 from .intent import IntentError, IntentStore
 from .keys import KeyProblem, load_keyring
 from .model import AdminIntent, Announce, NodeReport
 from .replay import ReplayGuard
 from .requests import RequestChannel
-from .session import Event, PeerView, Session
+from .session import Session
 from .wire import MIN_VERSION, PROTOCOL_VERSION
 
 log = logsetup.get("daemon.heartbeat")

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import enum
 import time
 import uuid
 from collections.abc import Callable
@@ -40,11 +39,12 @@ from collections.abc import Callable
 from .. import logsetup
 from ..config import Config, safety_fingerprint
 from .codec import CodecError
+from .facts import HEARD, Event, LinkView, PeerState, PeerView
 from .identity import LocalIdentity
 from .intent import IntentStore
 from .keys import Keyring
 from .linkstats import LinkStats
-from .model import AdminIntent, Announce, NodeReport, ResourceSummary
+from .model import Announce, NodeReport, ResourceSummary
 from .replay import Admit, ReplayGuard
 from .requests import RequestChannel
 from .wire import MIN_VERSION, PROTOCOL_VERSION, Drop, Envelope, Heartbeat, decode_body, encode_body, open_datagram, seal
@@ -53,75 +53,6 @@ log = logsetup.get("daemon.heartbeat")
 
 EVENT_HISTORY = 200
 CLOCK_SLACK = 0.001  # rounding of the microsecond timestamps
-
-
-class PeerState(enum.StrEnum):
-    UNSEEN = "unseen"  # not heard since this daemon started
-    ALIVE = "alive"
-    INCOMPATIBLE = "incompatible"  # fresh and authenticated, but its body cannot be read here
-    LOST = "lost"
-    LEFT = "left"  # announced a clean stop
-    RESTARTING = "restarting"  # announced a restart, still within the expected time
-
-
-HEARD = (PeerState.ALIVE, PeerState.INCOMPATIBLE)
-
-
-@dataclasses.dataclass(frozen=True)
-class Event:
-    kind: str  # peer_heard, peer_lost, peer_left, link_down, intent_adopted...
-    mono: float
-    wall: float
-    message: str
-
-
-@dataclasses.dataclass(frozen=True)
-class LinkView:
-    name: str
-    up: bool
-    last_heard: float | None  # monotonic
-    silent_for: float | None
-    loss_in: float | None  # of the peer's datagrams, as counted here
-    loss_out: float | None  # of ours, as the peer counts them
-    rtt: float | None
-    rtt_smoothed: float | None
-    key: str | None  # which key verified the last datagram on this link
-
-
-@dataclasses.dataclass(frozen=True)
-class PeerView:
-    """The heartbeat's facts about the peer at one instant (for the runtime and status)."""
-
-    name: str
-    state: PeerState
-    incarnation: int | None
-    boot_id: str | None
-    machine_id: str | None
-    protocol: int | None  # body version of the last fresh datagram
-    peer_max_version: int | None
-    sending_version: int
-    last_heard: float | None
-    silent_for: float | None
-    report: NodeReport | None
-    report_age: float | None
-    announce: Announce | None
-    restart_expected_by: float | None
-    settings_fingerprint: str
-    peer_settings_fingerprint: str | None
-    intent: AdminIntent
-    intent_acknowledged: bool
-    intent_superseded: AdminIntent | None
-    links: tuple[LinkView, ...]
-    restarts: int
-    longest_silence: float
-    drops: dict[str, int]
-    unconfirmed: int
-
-    @property
-    def settings_mismatch(self) -> bool | None:
-        if self.peer_settings_fingerprint is None:
-            return None
-        return self.peer_settings_fingerprint != self.settings_fingerprint
 
 
 class Session:

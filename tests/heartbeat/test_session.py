@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clever_cluster.daemon.heartbeat import model
+from clever_cluster.daemon.heartbeat.facts import PeerState
 from clever_cluster.daemon.heartbeat.model import AdminIntent, Announce, Ban, NodeReport
-from clever_cluster.daemon.heartbeat.session import PeerState, Session
+from clever_cluster.daemon.heartbeat.session import Session
 from clever_cluster.daemon.heartbeat.wire import MAX_DATAGRAM, Drop, Envelope, Heartbeat, encode_body, seal
 
 from .conftest import Pair, exchange, make_pair, make_session
