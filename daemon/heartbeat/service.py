@@ -93,6 +93,8 @@ class HeartbeatService:
         self._listeners: list[Callable[[Event], None]] = []
         self._stopped = False
         self._send_pending = False
+        self.send_bugs = 0
+        self._last_bug = ""
         session.kick = self.send_now
         session.on_event = self._event
 
@@ -216,7 +218,16 @@ class HeartbeatService:
     def _send(self, link: _Link, now: float, announce: Announce | None = None) -> None:
         if link.transport is None or link.transport.is_closing():
             return
-        data = self.session.datagram(link.index, now, announce)
+        try:
+            data = self.session.datagram(link.index, now, announce)
+        except Exception as e:  # a bug (say, in the runtime's report) must not end the sender
+            # Nothing is sent rather than a made-up report: to the peer this looks like loss, and a
+            # lasting bug makes this node lost (and fenced) instead of misinformed.
+            self.send_bugs += 1
+            if repr(e) != self._last_bug:
+                self._last_bug = repr(e)
+                log.exception("cannot build a heartbeat for %s; not sending it", link.cfg.name)
+            return
         link.transport.sendto(data, (str(link.cfg.peer), link.port))
         link.sent += 1
 

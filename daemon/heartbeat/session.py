@@ -171,8 +171,8 @@ class Session:
                 vms.pop()
         log.error("heartbeat report does not fit a datagram even without VM details; sending the phase only")
         bare = dataclasses.replace(hb, report=NodeReport(phase=hb.report.phase, resources=ResourceSummary(vms_omitted=len(res.vms))),
-                                   requests=(), responses=())
-        return seal(env, encode_body(env.version, bare), self.keys)
+                                   intent=None, requests=(), responses=())
+        return seal(env, encode_body(env.version, bare), self.keys)  # bounded well below the limit
 
     def _rx_loss(self, now: float) -> tuple[int | None, ...]:
         by_stream: dict[int, int | None] = {}
@@ -279,12 +279,13 @@ class Session:
             self.peer_announce = None
             self.restart_deadline = None
             self._set_state(PeerState.ALIVE, now, f"{self.ident.peer} is alive (heard on {ls.name})")
-        elif hb.announce != self.peer_announce:
-            self.peer_announce = hb.announce
+        else:
+            if hb.announce != self.peer_announce:
+                self.peer_announce = hb.announce
+                self.restart_deadline = now + hb.announce.expected if hb.announce.kind == "restarting" else None
             if hb.announce.kind == "leaving":
                 self._set_state(PeerState.LEFT, now, f"{self.ident.peer} left: it announced a clean stop")
             else:
-                self.restart_deadline = now + hb.announce.expected
                 self._set_state(PeerState.RESTARTING, now,
                                 f"{self.ident.peer} is restarting: expected back within {hb.announce.expected:g} s")
         if hb.fingerprint != self.peer_fingerprint:

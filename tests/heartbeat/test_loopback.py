@@ -247,3 +247,27 @@ async def test_a_request_outstanding_when_the_peer_restarts_fails(nodes: Nodes) 
     await nodes.start(2)
     with pytest.raises(RequestFailed, match="restarted"):
         await asyncio.wait_for(call, 10)
+
+
+async def test_a_failing_report_sends_nothing_but_does_not_stop_the_sender(pair: Pair) -> None:
+    broken = {"on": False}
+
+    def report() -> NodeReport:
+        if broken["on"]:
+            raise RuntimeError("bug in the report")
+        return REPORT
+
+    s1 = HeartbeatService.open(pair.cfg1, report)
+    s2 = HeartbeatService.open(pair.cfg2, lambda: REPORT)
+    await s1.start()
+    await s2.start()
+    try:
+        await until(lambda: s2.view().state is PeerState.ALIVE, 10, "node2 hears node1")
+        broken["on"] = True
+        await until(lambda: s2.view().state is PeerState.LOST, 5, "node2 loses node1: no made-up report")
+        assert s1.send_bugs > 0
+        broken["on"] = False
+        await until(lambda: s2.view().state is PeerState.ALIVE, 5, "the sender carried on")
+    finally:
+        await s1.stop()
+        await s2.stop()
