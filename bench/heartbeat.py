@@ -45,6 +45,7 @@ from clever_cluster.sim.hblab import DaemonPair
 from clever_cluster.sim.netns import Lab
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+BASELINE = {"heartbeat": {"interval": "1s", "timeout": "10s", "silent_peer_grace": "10s"}}
 
 
 def percentile(xs: list[float], p: float) -> float:
@@ -168,6 +169,7 @@ def main() -> int:
     ap.add_argument("--burst", type=float, default=0.4, help="seconds of total loss on both links, every 10 s of the soak")
     ap.add_argument("--cpu-window", type=float, default=20.0)
     ap.add_argument("--quick", action="store_true", help="5 trials, 60 s soak, 5 s CPU windows")
+    ap.add_argument("--only", choices=["cpu"], help="only the CPU and RSS measurement")
     args = ap.parse_args()
     if args.quick:
         args.trials, args.soak, args.cpu_window = 5, 60.0, 5.0
@@ -176,11 +178,16 @@ def main() -> int:
         return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so the labs are removed on the way out
     work = Path(tempfile.mkdtemp(prefix="cc-bench-hb-"))
+    if args.only == "cpu":
+        res = resources(work, args.cpu_window, None, "cpu-default")
+        base = resources(work, args.cpu_window, BASELINE, "cpu-baseline")
+        print(json.dumps({"resources": res, "baseline_1s_interval": base}, indent=1))
+        return 0
     print("detection latency...", file=sys.stderr)
     lat = detection_latency(work, args.trials)
     print("CPU and RSS...", file=sys.stderr)
     res = resources(work, args.cpu_window, None, "cpu-default")
-    base = resources(work, args.cpu_window, {"heartbeat": {"interval": "1s", "timeout": "10s", "silent_peer_grace": "10s"}}, "cpu-baseline")
+    base = resources(work, args.cpu_window, BASELINE, "cpu-baseline")
     print("soak...", file=sys.stderr)
     sk = soak(work, args.soak, args.burst)
     results = {"latency": lat, "resources": res, "baseline_1s_interval": base, "soak": sk}
