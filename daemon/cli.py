@@ -126,7 +126,7 @@ def render_heartbeat(hb: dict[str, Any]) -> list[str]:
         head += f", key {keys['peer_uses']} ({keys['peer_uses_id']})"
     lines = [head]
     width = max(len(ln["name"]) for ln in hb["links"])
-    for ln in hb["links"]:
+    for i, ln in enumerate(hb["links"]):
         name = ln["name"].ljust(width)
         if not ln["bound"]:
             lines.append(f"  link {name}  NOT BOUND: {ln['bind_error']}")
@@ -136,6 +136,8 @@ def render_heartbeat(hb: dict[str, Any]) -> list[str]:
         rtt = "-" if ln["rtt_smoothed_ms"] is None else f"{ln['rtt_smoothed_ms']:.2f} ms"
         extra = f", {ln['send_errors']} send errors" if ln["send_errors"] else ""
         lines.append(f"  link {name}  {heard}, loss in {_pct(ln['loss_in'])} out {_pct(ln['loss_out'])}, rtt {rtt}{extra}")
+        if ln["peer_link"] is not None and ln["peer_link"] != i:
+            lines.append(f"    this link carries {hb['name']}'s link #{ln['peer_link'] + 1}: list [[heartbeat.link]] in the same order on both nodes")
     settings = hb["settings"]
     if settings["mismatch"]:
         lines.append(f"  SETTINGS DIFFER: this node {settings['this_node']}, {hb['name']} {settings['peer']}"

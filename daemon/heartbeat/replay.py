@@ -33,13 +33,13 @@ class Admit(enum.Enum):
 
 class ReplayGuard:
     def __init__(self, state_dir: Path | None, peer: str) -> None:
-        self._path = state_dir / PEER_FILE if state_dir is not None else None
+        self.path = state_dir / PEER_FILE if state_dir is not None else None
         self.peer = peer
         self.incarnation: int | None = None  # of the peer, as last accepted
-        self._floor = 0  # persisted: never accept an incarnation below this
+        self.floor = 0  # persisted: never accept an incarnation below this
         self._last: dict[int, int] = {}  # stream -> last accepted sequence
-        if self._path is not None:
-            self._floor = self._load(self._path, peer)
+        if self.path is not None:
+            self.floor = self._load(self.path, peer)
 
     @staticmethod
     def _load(path: Path, peer: str) -> int:
@@ -57,13 +57,13 @@ class ReplayGuard:
     def admit(self, env: Envelope) -> Admit | None:
         """Accept (and remember) a fresh datagram; None for a replayed or reordered one."""
         if self.incarnation is None or env.incarnation > self.incarnation:
-            if env.incarnation < self._floor:
+            if env.incarnation < self.floor:
                 return None
             verdict = Admit.FIRST if self.incarnation is None else Admit.RESTARTED
-            if env.incarnation > self._floor and self._path is not None:
-                ensure_dir(self._path.parent)
-                atomic_write_json(self._path, {"peer": self.peer, "incarnation": env.incarnation})
-                self._floor = env.incarnation
+            if env.incarnation > self.floor and self.path is not None:
+                ensure_dir(self.path.parent)
+                atomic_write_json(self.path, {"peer": self.peer, "incarnation": env.incarnation})
+                self.floor = env.incarnation
             self.incarnation = env.incarnation
             self._last = {env.stream: env.sequence}
             return verdict

@@ -344,6 +344,7 @@ def status_dict(svc: HeartbeatService) -> dict[str, Any]:
             "loss_in": _r(lv.loss_in), "loss_out": _r(lv.loss_out),
             "rtt_ms": _r(None if lv.rtt is None else lv.rtt * 1000), "rtt_smoothed_ms": _r(None if lv.rtt_smoothed is None else lv.rtt_smoothed * 1000),
             "key": lv.key, "key_id": key_ids.get(lv.key) if lv.key else None,
+            "peer_link": s.links[link.index].stream,  # the peer's link index heard here; should equal ours
         })
     peer_key = next((lv.key for lv in v.links if lv.key), None)
     return {

@@ -100,6 +100,7 @@ class Session:
         self.peer_announce: Announce | None = None
         self.restart_deadline: float | None = None
         self.restarts = 0
+        self._old_incarnation: int | None = None
         self._fresh: tuple[int, float] | None = None  # the peer's latest send time (any link), when received
         self.longest_silence = 0.0  # between fresh datagrams while the peer was heard: the margin left to the timeout
         self.events: collections.deque[Event] = collections.deque(maxlen=EVENT_HISTORY)
@@ -208,6 +209,12 @@ class Session:
             return
         if admit is None:
             self.drops[Drop.REPLAY] += 1
+            if env.incarnation < (self.replay.incarnation or self.replay.floor) and env.incarnation != self._old_incarnation:
+                self._old_incarnation = env.incarnation  # said once per incarnation: a reset peer keeps sending
+                log.warning("%s sends from incarnation %d, below %d seen before: dropped as replays. If its state "
+                            "directory was lost and its clock is behind, remove %s here and restart this daemon",
+                            self.ident.peer, env.incarnation, self.replay.incarnation or self.replay.floor, self.replay.path,
+                            extra={"fields": {"CLEVER_REASON": "peer_incarnation_backwards", "CLEVER_PEER": self.ident.peer}})
             return
         self.peer_max_version = env.max_version
         if admit is not Admit.SAME:

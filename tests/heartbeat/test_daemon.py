@@ -96,3 +96,21 @@ def test_an_unreadable_incarnation_file_stops_the_start_with_a_clear_error(tmp_p
         assert (state / "incarnation.json").read_text() == "{not json"  # nothing lost
     finally:
         d.stop()
+
+
+def test_links_listed_in_another_order_on_the_peer_work_and_are_pointed_out(tmp_path: Path) -> None:
+    c1, c2 = configgen.write_pair(tmp_path / "lab")
+    text = c2.read_text()
+    blocks = text.split("[[heartbeat.link]]")
+    # node2 lists lo2 before lo1.
+    c2.write_text(blocks[0] + "[[heartbeat.link]]" + blocks[2].rstrip("\n") + "\n\n[[heartbeat.link]]" + blocks[1])
+    assert run_cli(c2, "status").returncode == 3  # (not running yet) the file is still a valid configuration
+    d1, d2 = DaemonProcess(c1).start(), DaemonProcess(c2).start()
+    try:
+        wait_for(lambda: peer_state(c1) == "alive" and peer_state(c2) == "alive", 20, "both alive")
+        wait_for(lambda: all(ln["peer_link"] is not None for ln in status(c1)["heartbeat"]["links"]), 5, "both links heard")  # type: ignore[index]
+        text1 = run_cli(c1, "status").stdout
+        assert "this link carries node2's link #2" in text1 and "this link carries node2's link #1" in text1
+    finally:
+        d1.stop()
+        d2.stop()

@@ -428,3 +428,13 @@ def test_identity_incarnation_is_persisted_and_never_goes_back(tmp_path: Path) -
     assert read_machine_id(None, uuid_file) == "4c4c4544-0042-3510-8053-b4c04f4e4d32"
     assert read_machine_id(None, tmp_path / "missing") is None
     assert read_machine_id("11111111-2222-3333-4444-555555555555", uuid_file) == "11111111-2222-3333-4444-555555555555"
+
+
+def test_a_peer_whose_incarnation_went_backwards_is_explained_once(pair: Pair, caplog: pytest.LogCaptureFixture) -> None:
+    a, _b = connected(pair, inc2=500)
+    reset = make_session(pair.cfg2, 400)  # node2 lost its state directory and its clock is behind
+    for i in range(5):
+        a.receive(0, reset.datagram(0, T0 + i * 0.1), T0 + i * 0.1)
+    assert a.drops[Drop.REPLAY] == 5
+    hints = [r for r in caplog.records if "below 500 seen before" in r.getMessage()]
+    assert len(hints) == 1 and "peer-incarnation.json" in hints[0].getMessage()
