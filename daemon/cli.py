@@ -83,10 +83,80 @@ def render_status(st: dict[str, Any]) -> str:
         f"Cluster {st['cluster']}   last updated {time.strftime('%Y-%m-%d %H:%M:%S')}",
         f"Node {st['node']}: phase {st['phase']}   (peer {st['peer']})",
         f"  {st['verdict']}",
+    ]
+    if st.get("heartbeat"):
+        lines += render_heartbeat(st["heartbeat"])
+    lines += [
         f"Daemon: pid {st['pid']}, version {st['version']}, up {_fmt_duration(st['uptime_seconds'])}",
         f"Config: {st['config_path']} (settings fingerprint {st['settings_fingerprint']})",
     ]
     return "\n".join(lines)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x * 100:.1f}%"
+
+
+def _peer_state(hb: dict[str, Any]) -> str:
+    state = hb["state"]
+    silent = hb.get("silent_for")
+    if state == "unseen":
+        return "not heard yet"
+    if state == "lost":
+        return f"LOST (nothing valid on any link for {silent:.1f}s)" if silent is not None else "LOST"
+    if state == "left":
+        return "left (announced a clean stop)"
+    if state == "restarting":
+        left = hb.get("restart_expected_in")
+        return "restarting" + (f" (expected back within {max(0.0, left):.0f}s)" if left is not None else "")
+    if state == "incompatible":
+        p = hb["protocol"]
+        return (f"INCOMPATIBLE (alive; it sends protocol {p['peer_sends'] or '?'} and reads up to {p['peer_reads_up_to']}, "
+                f"this node reads {p['this_node_reads'][0]}..{p['this_node_reads'][1]})")
+    return str(state)
+
+
+def render_heartbeat(hb: dict[str, Any]) -> list[str]:
+    """The peer, its links, the admin intent and what was dropped, for ``clevervm status``."""
+    keys, proto = hb["keys"], hb["protocol"]
+    head = f"Peer {hb['name']}: {_peer_state(hb)}"
+    if hb.get("incarnation") is not None:
+        head += f"   incarnation {hb['incarnation']}"
+    if proto.get("peer_sends") is not None:
+        head += f", protocol {proto['peer_sends']}"
+    if keys.get("peer_uses"):
+        head += f", key {keys['peer_uses']} ({keys['peer_uses_id']})"
+    lines = [head]
+    width = max(len(ln["name"]) for ln in hb["links"])
+    for i, ln in enumerate(hb["links"]):
+        name = ln["name"].ljust(width)
+        if not ln["bound"]:
+            lines.append(f"  link {name}  NOT BOUND: {ln['bind_error']}")
+            continue
+        state = "up  " if ln["up"] else "DOWN"
+        heard = "nothing heard" if ln["silent_for"] is None else f"{state} heard {ln['silent_for']:.2f}s ago"
+        rtt = "-" if ln["rtt_smoothed_ms"] is None else f"{ln['rtt_smoothed_ms']:.2f} ms"
+        extra = f", {ln['send_errors']} send errors" if ln["send_errors"] else ""
+        lines.append(f"  link {name}  {heard}, loss in {_pct(ln['loss_in'])} out {_pct(ln['loss_out'])}, rtt {rtt}{extra}")
+        if ln["peer_link"] is not None and ln["peer_link"] != i:
+            lines.append(f"    this link carries {hb['name']}'s link #{ln['peer_link'] + 1}: list [[heartbeat.link]] in the same order on both nodes")
+    settings = hb["settings"]
+    if settings["mismatch"]:
+        lines.append(f"  SETTINGS DIFFER: this node {settings['this_node']}, {hb['name']} {settings['peer']}"
+                     " (compare the [heartbeat], [fencing], [policy] and resource settings of both nodes)")
+    intent = hb["intent"]
+    rec = intent["record"]
+    ack = f"acknowledged by {hb['name']}" if intent["acknowledged"] else "not yet acknowledged by the peer"
+    origin = f" by {rec['origin']}" if rec["origin"] else ""
+    lines.append(f"Intent: version {rec['version']}{origin} ({intent['summary']}): {ack}")
+    if intent.get("superseded"):
+        lost = intent["superseded"]
+        lines.append(f"  this node's change (version {lost['version']}) was replaced before the peer acknowledged it; check the record")
+    if keys.get("next_key_file"):
+        lines.append(f"Keys: sending with key_file ({keys['key_file']}), also accepting next_key_file ({keys['next_key_file']})")
+    if hb["drops"]:
+        lines.append("Dropped datagrams: " + ", ".join(f"{k} {v}" for k, v in sorted(hb["drops"].items())))
+    return lines
 
 
 def cmd_status(ctx: Context) -> int:
@@ -108,11 +178,19 @@ def cmd_handler_help(ctx: Context) -> int:  # dispatched before argparse; listed
     return run_handler([ctx.args.verb])
 
 
+def cmd_daemon_restart(ctx: Context) -> int:
+    got = ctx.call("shutdown", restart=True)
+    print(f"clever-clusterd is restarting; the peer expects it back within {got['expected']:g}s "
+          "(systemd starts it again: the unit has RestartForceExitStatus=75)")
+    return EXIT_OK
+
+
 VERBS: dict[str, tuple[Callable[[Context], int], str]] = {
     "status": (cmd_status, "show the cluster state"),
     "reload": (cmd_reload, "re-read the configuration file (like SIGHUP)"),
     "fence-peer": (cmd_handler_help, "DRBD's fence-peer handler (exit codes are DRBD's: 4 outdated, 7 fenced, 1 otherwise)"),
     "unfence-peer": (cmd_handler_help, "DRBD's unfence-peer handler"),
+    "daemon-restart": (cmd_daemon_restart, "restart this node's daemon, telling the peer to expect it back (resources keep running)"),
 }
 READ_VERBS = {"status"}
 

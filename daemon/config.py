@@ -29,6 +29,7 @@ from clever_cluster.fencing.stock import is_secret_option
 from .schema import Problems, format_duration, load_section, opt
 
 NAME_RE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
+UUID_RE = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
 MIN_KEY_BYTES = 32
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -63,6 +64,7 @@ class ClusterConfig:
     runtime_dir: Path = opt(Path("/run/clever-cluster"), "Runtime files: the control socket `clevervm` talks to.")
     control_group: str | None = opt(None, "Group allowed to use the control socket (mode 0660); unset means root only (mode 0600).")
     preferred_node: str | None = opt(None, "At a cold start with both nodes equal, this node becomes active. Unset: the lower node name.")
+    machine_id: str | None = opt(None, "This machine's id as published in the heartbeat and checked against what fence devices report. Unset: the SMBIOS system UUID (/sys/class/dmi/id/product_uuid). Set it only where there is none (some VMs, labs).", pattern=UUID_RE, example="4c4c4544-0042-3510-8053-b4c04f4e4d32")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

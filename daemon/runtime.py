@@ -22,17 +22,22 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from . import config as config_mod
 from . import logsetup
 from .control import Caller, ControlError, ControlServer, Handler, socket_path
+from .heartbeat import Announce, HeartbeatError, HeartbeatService, NodeReport
+from .heartbeat.keys import KeyProblem
+from .heartbeat.model import PHASES, Phase
+from .heartbeat.service import next_grid, sleep_until
 from .notify import Notifier
 
 log = logsetup.get("daemon.runtime")
 
 VERSION = "0.1.0"
 SHUTDOWN_PHASE_TIMEOUT = 10.0
+EXIT_RESTART = 75  # the unit has RestartForceExitStatus=75: systemd starts the daemon again
 
 
 class Runtime:
@@ -51,6 +56,8 @@ class Runtime:
         self.last_reload_error: list[str] = []
         self._shutdown: asyncio.Event | None = None
         self._control: ControlServer | None = None
+        self.heartbeat: HeartbeatService | None = None
+        self.announce = Announce(kind="leaving")  # what the peer is told at the stop
 
     # ------------------------------------------------------------------ control
 
@@ -59,6 +66,7 @@ class Runtime:
             "status": self._cmd_status,
             "reload": self._cmd_reload,
             "ping": self._cmd_ping,
+            "shutdown": self._cmd_shutdown,
         }
 
     async def _cmd_ping(self, args: Mapping[str, Any], caller: Caller) -> Any:
@@ -66,6 +74,25 @@ class Runtime:
 
     async def _cmd_status(self, args: Mapping[str, Any], caller: Caller) -> Any:
         return self.status()
+
+    async def _cmd_shutdown(self, args: Mapping[str, Any], caller: Caller) -> Any:
+        restart = args.get("restart", False)
+        if not isinstance(restart, bool):
+            raise ControlError("restart must be true or false", "bad_request")
+        self.request_stop(restart=restart)
+        log.info("%s requested by %s", "daemon restart" if restart else "daemon stop", caller.describe())
+        return {"stopping": True, "announce": self.announce.kind, "expected": self.announce.expected}
+
+    def request_stop(self, *, restart: bool) -> None:
+        """Stop the daemon; the peer is told ``restarting`` (back within heartbeat.restart_announce) or ``leaving``."""
+        if restart:
+            self.announce = Announce(kind="restarting", expected=self.cfg.heartbeat.restart_announce)
+        if self._shutdown is not None:
+            self._shutdown.set()
+
+    def _report(self) -> NodeReport:
+        """This node's report for the heartbeat. The skeleton knows only its phase."""
+        return NodeReport(phase=cast(Phase, self.phase) if self.phase in PHASES else "STARTING")
 
     async def _cmd_reload(self, args: Mapping[str, Any], caller: Caller) -> Any:
         ok, problems = self.reload()
@@ -90,6 +117,7 @@ class Runtime:
             "loop_lag_seconds": round(self.loop_lag, 6),
             "loop_stalls": self.stalls,
             "reloads": {"ok": self.reloads_ok, "failed": self.reloads_failed, "last_error": self.last_reload_error},
+            "heartbeat": self.heartbeat.status() if self.heartbeat is not None else None,
         }
 
     # ------------------------------------------------------------------ reload
@@ -107,6 +135,12 @@ class Runtime:
             problems = [f"{k}: changing this needs a restart (systemctl restart clever-clusterd)" for k in blocked]
             self._reload_failed(problems)
             return False, problems
+        if self.heartbeat is not None:
+            try:
+                self.heartbeat.reload(new)
+            except KeyProblem as e:
+                self._reload_failed([str(e)])
+                return False, [str(e)]
         changed = config_mod.changed_sections(self.cfg, new)
         if new.log != self.cfg.log:
             logsetup.setup(new.log.level, new.log.target)
@@ -132,12 +166,20 @@ class Runtime:
     async def run(self, shutdown: asyncio.Event) -> int:
         self._shutdown = shutdown
         cfg = self.cfg
+        try:
+            # First: the new incarnation is on disk before anything else happens.
+            self.heartbeat = HeartbeatService.open(cfg, self._report)
+        except HeartbeatError as e:
+            log.error("cannot start the heartbeat: %s", e)
+            return 1
         self._control = ControlServer(socket_path(cfg.cluster.runtime_dir), self.handlers(), cfg.cluster.control_group)
         try:
             await self._control.start()
         except (OSError, RuntimeError, KeyError) as e:
             log.error("cannot open the control socket: %s", e)
             return 1
+        heartbeat = self.heartbeat
+        await heartbeat.start()
         log.info(
             "clever-clusterd %s started: node %s, peer %s, cluster %s, config %s",
             VERSION, cfg.cluster.node, cfg.cluster.peer, cfg.cluster.name, self.config_path,
@@ -150,25 +192,22 @@ class Runtime:
         finally:
             await self._stop([
                 ("stop decision loop", lambda: _cancel(tick_task)),
+                (f"announce {self.announce.kind} to {cfg.cluster.peer}, stop heartbeats", lambda: heartbeat.stop(self.announce)),
                 ("close control socket", self._control.close),
             ])
-        return 0
+        return EXIT_RESTART if self.announce.kind == "restarting" else 0
 
     async def _tick_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        expected = loop.time()
         while True:
-            tick = self.cfg.policy.tick
-            expected += tick
-            delay = expected - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            # On the heartbeat's time grid: one wakeup serves the tick and the senders.
+            expected = next_grid(loop.time(), self.cfg.policy.tick)
+            await sleep_until(expected)
             now = loop.time()
             self.loop_lag = max(0.0, now - expected)
             if self.loop_lag > self.cfg.policy.stall_threshold:
                 self.stalls += 1
                 log.warning("event loop stalled for %.3f s (threshold %.3f s)", self.loop_lag, self.cfg.policy.stall_threshold)
-                expected = now  # do not try to catch up with missed ticks
                 continue
             self.cycle()
             self.notifier.cycle_done(loop.time())

@@ -6,8 +6,12 @@ they all run the configuration format that operators use.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import ipaddress
 import os
+import socket
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,7 @@ class NodeSpec:
     state_dir: Path
     runtime_dir: Path
     metrics_listen: str = ""
+    machine_id: str | None = None  # labs: a distinct id per simulated node (no SMBIOS UUID here)
 
 
 def write_key(path: Path, size: int = 64) -> Path:
@@ -92,6 +97,7 @@ def node_table(
             "key_file": str(key_file),
             "state_dir": str(me.state_dir),
             "runtime_dir": str(me.runtime_dir),
+            **({"machine_id": me.machine_id} if me.machine_id else {}),
         },
         "heartbeat": {
             "link": [{"name": n, "local": loc, "peer": rem} for (n, loc, rem) in me.links],
@@ -110,17 +116,44 @@ def node_table(
     return t
 
 
+def free_udp_port(addresses: list[str], tries: int = 50) -> int:
+    """A UDP port that is free on every one of ``addresses`` right now (for loopback labs
+    sharing the host's network namespace with other test runs)."""
+    for _ in range(tries):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind((addresses[0], 0))
+            port = int(probe.getsockname()[1])
+            with contextlib.ExitStack() as stack:
+                try:
+                    for a in addresses[1:]:
+                        s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+                        s.bind((a, port))
+                except OSError:
+                    continue
+                return port
+    raise OSError(f"no UDP port free on all of {addresses}")
+
+
 def write_pair(workdir: Path, *, cluster: str = "democluster", overrides: dict[str, dict[str, Any]] | None = None,
-               links: list[tuple[str, str, str]] | None = None) -> tuple[Path, Path]:
+               links: list[tuple[str, str, str]] | None = None, port: int | None = None) -> tuple[Path, Path]:
     """Write node1.toml and node2.toml (and a key) into ``workdir`` for a loopback lab.
 
     ``links`` gives node1's view (name, node1 address, node2 address); node2's is mirrored.
+    Each node gets its own machine id. With loopback links and no ``port``, the
+    heartbeat port is one that is free on every link address (concurrent test
+    runs share the host's loopback); otherwise ``port`` or the default.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     key = write_key(workdir / "cluster.key")
     links = links or [("lo1", "127.0.0.11", "127.0.0.12"), ("lo2", "127.0.0.21", "127.0.0.22")]
-    n1 = NodeSpec("node1", links, workdir / "node1" / "state", workdir / "node1" / "run")
-    n2 = NodeSpec("node2", [(n, b, a) for (n, a, b) in links], workdir / "node2" / "state", workdir / "node2" / "run")
+    addrs = [a for (_n, x, y) in links for a in (x, y)]
+    if port is None and all(ipaddress.ip_address(a).is_loopback for a in addrs):
+        port = free_udp_port(addrs)
+    if port is not None:
+        overrides = {**(overrides or {}), "heartbeat": {"port": port, **(overrides or {}).get("heartbeat", {})}}
+    n1 = NodeSpec("node1", links, workdir / "node1" / "state", workdir / "node1" / "run", machine_id=str(uuid.uuid4()))
+    n2 = NodeSpec("node2", [(n, b, a) for (n, a, b) in links], workdir / "node2" / "state", workdir / "node2" / "run",
+                  machine_id=str(uuid.uuid4()))
     paths = []
     for me, peer in ((n1, n2), (n2, n1)):
         table = node_table(cluster=cluster, me=me, peer=peer, key_file=key, workdir=workdir / me.name, overrides=overrides)

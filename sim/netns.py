@@ -194,6 +194,21 @@ class Lab:
         subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "table", "netdev", _loss_table(ifname)],
                        capture_output=True, check=False)
 
+    def blackout(self, ns: str, ifnames: Sequence[str]) -> None:
+        """Drop everything in and out of all ``ifnames`` at once (one nft transaction)."""
+        chains = []
+        for i, ifname in enumerate(ifnames):
+            chains.append(f'chain in{i} {{ type filter hook ingress device "{ifname}" priority -1; drop; }}')
+            chains.append(f'chain out{i} {{ type filter hook egress device "{ifname}" priority -1; drop; }}')
+        self.nft(ns, "table netdev ccblackout {\n  " + "\n  ".join(chains) + "\n}\n")
+
+    def end_blackout(self, ns: str) -> None:
+        """Undo :meth:`blackout` (all its interfaces at once)."""
+        r = subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "table", "netdev", "ccblackout"],
+                           capture_output=True, text=True, check=False)
+        if r.returncode != 0:
+            raise NetnsError(f"nft in {ns}: {r.stderr.strip()}")
+
     # ---------------------------------------------------------------- teardown
 
     def close(self) -> None:
