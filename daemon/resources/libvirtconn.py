@@ -11,6 +11,10 @@ Invariants:
   meanwhile :attr:`LibvirtClient.connected` is False and every call raises
   :class:`LibvirtUnavailable` (callers report "unknown"; nothing crashes).
 - Callbacks run on the event loop, never on libvirt's threads.
+- A gated call (``call(fn, gate=...)``, the S1 actions) is never queued: it
+  waits on the event loop until a worker is free (calls abandoned by a
+  deadline keep theirs), then checks its gate and hands the job to that
+  worker with nothing in between, so libvirt starts it right after the check.
 """
 
 from __future__ import annotations
@@ -74,8 +78,10 @@ class LibvirtClient:
         self._opener: Opener = opener or libvirt.open
         self._workers = workers
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="libvirt")
-        self._in_flight: set[Future[Any]] = set()
+        self._in_flight: set[Future[Any]] = set()  # call() jobs, waited for by drain()
+        self._upkeep: set[Future[Any]] = set()  # open, liveness checks, close: they hold workers too
         self._in_flight_lock = threading.Lock()  # done-callbacks run on the pool's threads
+        self._freed = asyncio.Event()  # a worker became free
         self._backoff_min, self._backoff_max = backoff_min, backoff_max
         self.on_event = on_event
         self.on_change = on_change
@@ -103,7 +109,7 @@ class LibvirtClient:
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(libvirt.libvirtError):
-                await asyncio.get_running_loop().run_in_executor(self._pool, conn.close)
+                await asyncio.wrap_future(self._submit(self._upkeep, conn.close))
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     @property
@@ -122,32 +128,57 @@ class LibvirtClient:
     def workers(self) -> int:
         return self._workers
 
-    async def call(self, fn: Callable[[Any], T]) -> T:
+    async def call(self, fn: Callable[[Any], T], *, gate: Callable[[], None] | None = None) -> T:
         """Run ``fn(connection)`` in the libvirt thread pool. libvirtError passes through unless the connection broke.
 
-        The job is submitted before this coroutine first yields. If the caller
-        is cancelled (a deadline), a job not started yet never starts; one
-        already running finishes in its thread, and :meth:`drain` waits for it.
+        The job is submitted before this coroutine first yields, or, with
+        ``gate``, as soon as a worker is free: then ``gate()`` runs first (it
+        raises to refuse, e.g. GateStale) and the job goes straight to that
+        worker. If the caller is cancelled (a deadline), a job not started
+        yet never starts; one already running finishes in its thread, and
+        :meth:`drain` waits for it.
         """
+        if gate is not None:
+            await self._free_worker()
+            gate()
         conn = self._conn
         if conn is None:
             raise LibvirtUnavailable(f"libvirt ({self.uri}) is not connected: {self.last_error}")
-        loop = asyncio.get_running_loop()
-        job = self._pool.submit(fn, conn)
-        with self._in_flight_lock:
-            self._in_flight.add(job)
-        job.add_done_callback(self._job_done)
+        job = self._submit(self._in_flight, fn, conn)
         try:
             return await asyncio.wrap_future(job)
         except libvirt.libvirtError as e:
-            if not await loop.run_in_executor(self._pool, _alive, conn):
+            if not await asyncio.wrap_future(self._submit(self._upkeep, _alive, conn)):
                 self._lost(conn, str(e))
                 raise LibvirtUnavailable(f"libvirt ({self.uri}) connection lost: {e}") from e
             raise
 
-    def _job_done(self, job: Future[Any]) -> None:
+    def _submit(self, kind: set[Future[Any]], fn: Callable[..., T], *args: Any) -> Future[T]:
+        job = self._pool.submit(fn, *args)
         with self._in_flight_lock:
-            self._in_flight.discard(job)
+            kind.add(job)
+        job.add_done_callback(lambda j: self._job_done(kind, j))
+        return job
+
+    def _job_done(self, kind: set[Future[Any]], job: Future[Any]) -> None:
+        with self._in_flight_lock:
+            kind.discard(job)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed in between
+                loop.call_soon_threadsafe(self._freed.set)
+
+    def _busy(self) -> int:
+        with self._in_flight_lock:
+            return len(self._in_flight) + len(self._upkeep)
+
+    async def _free_worker(self) -> None:
+        """Return (without yielding after the last check) once a worker is free for a new job."""
+        while self._busy() >= self._workers:
+            self._freed.clear()
+            if self._busy() < self._workers:
+                return  # freed between the check and the clear
+            await self._freed.wait()
 
     async def drain(self, timeout: float) -> bool:
         """Wait until no libvirt call is running (calls abandoned by a deadline included); False on timeout."""
@@ -162,13 +193,12 @@ class LibvirtClient:
     # ------------------------------------------------------------------ connection upkeep
 
     async def _maintain(self) -> None:
-        loop = asyncio.get_running_loop()
         delay = self._backoff_min
         while True:
             if self._conn is None:
                 self._gen += 1
                 try:
-                    conn = await loop.run_in_executor(self._pool, self._open, self._gen)
+                    conn = await asyncio.wrap_future(self._submit(self._upkeep, self._open, self._gen))
                 except libvirt.libvirtError as e:
                     self.last_error = str(e)
                     log.warning("cannot connect to libvirt at %s (retry in %g s): %s", self.uri, delay, e)
@@ -201,7 +231,7 @@ class LibvirtClient:
         self._connected_evt.clear()
         log.warning("lost the libvirt connection to %s: %s; VM states are unknown until it is back", self.uri, why)
         with contextlib.suppress(RuntimeError):  # the pool is already shut down
-            self._pool.submit(conn.close)
+            self._submit(self._upkeep, conn.close)
         self._wake.set()
         self._changed()
 

@@ -15,8 +15,10 @@ fails); ``shutdown`` shuts down, then destroys after ``vms.shutdown_timeout``;
 (including when libvirt is unreachable), so DRBD is never demoted under a
 running VM.
 
-Invariants: a domain is started or restored only right after a gate check;
-per domain, one operation at a time (starts, stops and the monitor's image
+Invariants: a domain is started, resumed or restored only right after a gate
+check, and libvirt begins the call at once (it is handed to a free worker of
+the client, never queued behind calls a deadline abandoned); per domain, one
+operation at a time (starts, stops and the monitor's image
 invalidation share a lock); libvirt calls run in the client's threads.
 """
 
@@ -93,8 +95,8 @@ class VmStep:
             return VmInfo(name, STATE_NAMES.get(state, "nostate"), reason)
         return await self.client.call(read)
 
-    async def _dom(self, name: str, method: str, *args: Any) -> Any:
-        return await self.client.call(lambda c: getattr(c.lookupByName(name), method)(*args))
+    async def _dom(self, name: str, method: str, *args: Any, gate: Callable[[], None] | None = None) -> Any:
+        return await self.client.call(lambda c: getattr(c.lookupByName(name), method)(*args), gate=gate)
 
     # ------------------------------------------------------------------ start
 
@@ -144,7 +146,7 @@ class VmStep:
                     ctx.note(f"{name}: its unused save image was set aside")
                 if vm.state == "paused":
                     ctx.check_gate()
-                    await self._dom(name, "resume")
+                    await self._dom(name, "resume", gate=ctx.check_gate)
                     return "resumed (was paused)"
                 return "already running"
             info = await asyncio.to_thread(self.images.find, name)
@@ -161,7 +163,7 @@ class VmStep:
                 ctx.check_gate()
                 try:
                     async with asyncio.timeout(self.cfg.start_timeout):
-                        await self.client.call(lambda c: c.restore(str(consumed)))
+                        await self.client.call(lambda c: c.restore(str(consumed)), gate=ctx.check_gate)
                 except TimeoutError:
                     # Still running in libvirt: a cold boot now would race it. Report; the monitor shows the outcome.
                     raise ResourceError(f"restoring {name} did not finish within {self.cfg.start_timeout:g} s "
@@ -215,7 +217,7 @@ class VmStep:
         ctx.check_gate()
         try:
             async with asyncio.timeout(self.cfg.start_timeout):
-                await self._dom(name, "create")
+                await self._dom(name, "create", gate=ctx.check_gate)
         except TimeoutError:
             raise ResourceError(f"{name} did not start within {self.cfg.start_timeout:g} s") from None
         except libvirt.libvirtError as e:

@@ -121,6 +121,13 @@ class ConnProxy:
     def lookupByName(self, name: str) -> Any:
         return DomProxy(self._conn.lookupByName(name), self._faults)
 
+    def listAllDomains(self, flags: int = 0) -> Any:
+        hold = self._faults.hold_list
+        if hold is not None:
+            self._faults.list_held.set()
+            hold.wait(30)
+        return self._conn.listAllDomains(flags)
+
     def restore(self, path: str) -> int:
         if self._faults.slow_restore:
             time.sleep(self._faults.slow_restore)
@@ -142,6 +149,9 @@ class DomProxy:
                 delay = self._faults.slow_create.get(name, 0.0)
                 if delay:
                     time.sleep(delay)
+                hold = self._faults.hold_create.get(name)
+                if hold is not None:
+                    hold.wait(30)  # a libvirt that is stuck on this domain, until the test lets it go
                 return int(self._dom.create())
             finally:
                 self._faults.finished.append(name)
@@ -163,6 +173,9 @@ class DomainFaults:
         self.started = 0
         self.ignore_shutdown: set[str] = set()
         self.slow_create: dict[str, float] = {}
+        self.hold_create: dict[str, threading.Event] = {}
+        self.hold_list: threading.Event | None = None  # listAllDomains waits for it while set
+        self.list_held = threading.Event()  # a listAllDomains call is waiting on hold_list
         self.slow_restore = 0.0
         self.entered: list[str] = []  # create() calls begun, by domain
         self.finished: list[str] = []  # ... and ended

@@ -256,7 +256,7 @@ async def test_domain_that_ignores_shutdown_is_destroyed_after_its_timeout(world
 
 async def test_gate_going_stale_mid_step_starts_no_further_vm(world: World) -> None:
     b = await world.node("b", SHUTOFF, cfg=world.cfg(parallel=1))
-    b.gate.stale_after = 2  # the executor's check and plc1's pass; the grant is withdrawn after that
+    b.gate.stale_after = 3  # the executor's check and plc1's two (before and at its create) pass; then it is withdrawn
     rec = await b.ex.start(StartRequest(token="e", takeover="cold_start"))
     assert rec.outcome == "stale"
     states = await b.states(PLC)
@@ -337,3 +337,46 @@ async def test_monitor_reports_states_from_events(world: World) -> None:
         assert seen[-1] == {"plc1": "running", "plc2": "running", "plc3": "shutoff"}
     finally:
         task.cancel()
+
+
+async def test_a_create_never_waits_in_the_libvirt_queue_after_its_gate_check(world: World,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (red team): creates abandoned at their deadline keep their libvirt threads. With the
+    monitor's poll stuck in the last free one, the next VM's create, submitted right after its gate
+    check, waited in the pool's queue; the grant was withdrawn meanwhile, and when libvirt caught up
+    the VM was started under the stale gate (S1)."""
+    import asyncio
+    import threading
+
+    names = ["plc1", "plc2", "plc3"]
+    stuck = threading.Event()
+    faults = DomainFaults()
+    faults.hold_create = {"plc1": stuck, "plc2": stuck}  # libvirt hangs on these two
+    cfg = world.cfg(parallel=1, start_timeout=1.0, poll_interval=0.05)
+    b = await world.node("b", SHUTOFF, names, cfg=cfg, faults=faults, workers=3)
+    real_find = ImageStore.find
+
+    def find(self: ImageStore, domain: str) -> Any:
+        if domain == "plc3":  # between plc3's state read and its create: the monitor's poll hangs too
+            faults.hold_list = stuck
+            assert faults.list_held.wait(10)
+        return real_find(self, domain)
+
+    monkeypatch.setattr(ImageStore, "find", find)
+    monitor = asyncio.create_task(VmMonitor(b.client, cfg).run())
+    try:
+        start = asyncio.create_task(b.ex.start(StartRequest(token="e", takeover="cold_start")))
+        # Checks: the executor's, then plc1's, plc2's and plc3's right before each create.
+        await until(lambda: b.gate.checks >= 4, 10, "plc3's gate check")
+        b.gate.stale = "grant g1 was withdrawn"
+        stuck.set()  # libvirt catches up
+        rec = await start
+    finally:
+        stuck.set()
+        monitor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await monitor
+    assert await b.client.drain(10)
+    assert "plc3" not in faults.entered, "plc3 was created after its gate went stale"
+    assert rec.outcome == "stale", rec.error
+    assert all(s[0] == 5 for s in (await b.states(names)).values())
