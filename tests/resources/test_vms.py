@@ -380,3 +380,16 @@ async def test_a_create_never_waits_in_the_libvirt_queue_after_its_gate_check(wo
     assert "plc3" not in faults.entered, "plc3 was created after its gate went stale"
     assert rec.outcome == "stale", rec.error
     assert all(s[0] == 5 for s in (await b.states(names)).values())
+
+
+async def test_stop_ends_a_crashed_domain_whose_process_is_kept(world: World) -> None:
+    """Regression (red team): libvirt's "crashed" state (on_crash=preserve) keeps the domain active,
+    its QEMU process paused with the disks open; the stop took it for stopped and reported success
+    with the domain still active on the replicated filesystem."""
+    crashed = 6
+    a = await world.node("a", crashed, ["plc1"])
+    assert await a.client.call(lambda c: c.lookupByName("plc1").isActive()) == 1
+    rec = await a.ex.stop(StopRequest(token=None, mode="shutdown"))
+    assert rec.outcome == "succeeded", rec.error
+    assert await a.client.call(lambda c: c.lookupByName("plc1").isActive()) == 0
+    assert "plc1: " in rec.phases[0].detail and "no VM running" not in rec.phases[0].detail
