@@ -13,7 +13,9 @@ Invariants:
   it or inside it is reported, never unmounted; no lazy unmount.
 - Processes using the mount are ended (TERM, then KILL after
   ``kill_grace``) only when ``force_unmount`` is on; otherwise a busy mount
-  is a failure that names them.
+  is a failure that names them. Nobody is ended while the device is also
+  mounted elsewhere (users are found by device number, which cannot tell
+  the two mounts apart).
 """
 
 from __future__ import annotations
@@ -175,6 +177,10 @@ class Filesystem:
             raise ResourceError(f"{', '.join(st.inside)} mounted inside {self.mountpoint} keeps it busy; clever-cluster does not unmount it")
         r = await run_command(["umount", str(self.mountpoint)], self.cfg.unmount_timeout)
         if r.rc != 0:
+            # Users are found by device number, which cannot tell our mount from another mount of the
+            # device; with one, ending them could hit processes that use only that one, and DRBD could
+            # not be demoted anyway.
+            self._check_elsewhere(st)
             users = await asyncio.to_thread(find_users, st.ours.dev)
             if not users:
                 raise ResourceError(f"unmounting {self.mountpoint} failed: {r.why()}")

@@ -192,3 +192,29 @@ def test_admin_intent_copy_only_on_the_mounted_filesystem(ext4: Ext4) -> None:
         intent.read_intent_copy(fs)
     ext4.mount()
     assert intent.read_intent_copy(fs) == {"version": 4}
+
+
+def test_force_unmount_ends_nobody_while_the_device_is_also_mounted_elsewhere(ext4: Ext4, tmp_path: Path) -> None:
+    """Regression (red team): users were found by device number, so with the replicated device also
+    mounted elsewhere (a bind mount of one of its directories), a busy unmount sent TERM and KILL to
+    processes that used only that other mount; and the unmount could not free DRBD anyway."""
+    ctx = Ctx()
+    fs = ext4.filesystem(force_unmount=True, kill_grace=0.5)
+    run(fs.start(ctx))
+    (ext4.mountpoint / "iso").mkdir()
+    other = tmp_path / "isos"
+    other.mkdir()
+    subprocess.run(["mount", "--bind", str(ext4.mountpoint / "iso"), str(other)], check=True)
+    vm = subprocess.Popen(["sleep", "600"], cwd=ext4.mountpoint)  # keeps our mount busy
+    bystander = subprocess.Popen(["sleep", "600"], cwd=other)  # uses only the other mount
+    try:
+        with pytest.raises(ResourceError, match=rf"also mounted on {other}"):
+            run(fs.stop(ctx))
+        assert bystander.poll() is None, "a process that only used the other mount was signalled"
+        assert vm.poll() is None
+        assert fs.state().mounted
+    finally:
+        for p in (vm, bystander):
+            p.kill()
+            p.wait()
+        subprocess.run(["umount", str(other)], check=False)
