@@ -41,7 +41,7 @@ class MountState:
     mounted: bool  # our device is the top-most mount at the mountpoint
     ours: MountEntry | None  # our device's mount at the mountpoint, even if covered
     top: MountEntry | None  # whatever is mounted on top at the mountpoint
-    inside: tuple[str, ...]  # mounts below the mountpoint (they keep it busy)
+    inside: tuple[str, ...]  # mounts on our mount, below the mountpoint (they keep it busy; one it hides does not)
     elsewhere: tuple[str, ...]  # other mountpoints of our device
 
 
@@ -112,7 +112,9 @@ class Filesystem:
         here = [e for e in entries if e.mountpoint == mp]
         ours = next((e for e in reversed(here) if e.dev == dev), None)
         top = here[-1] if here else None
-        inside = tuple(e.mountpoint for e in entries if e.mountpoint.startswith(mp.rstrip("/") + "/"))
+        below = _descendants(entries, ours.mount_id) if ours is not None else set()
+        inside = tuple(e.mountpoint for e in entries
+                       if e.mount_id in below and e.mountpoint.startswith(mp.rstrip("/") + "/"))
         elsewhere = tuple(e.mountpoint for e in entries if e.dev == dev and e.mountpoint != mp)
         return MountState(mounted=top is not None and top is ours, ours=ours, top=top, inside=inside, elsewhere=elsewhere)
 
@@ -229,3 +231,16 @@ class Filesystem:
             if loop.time() >= deadline:
                 return False
             await asyncio.sleep(0.05)
+
+
+def _descendants(entries: list[MountEntry], root: int) -> set[int]:
+    """Mount ids of every mount made on ``root`` or, in turn, on those (by parent id, not by path)."""
+    ids, changed = {root}, True
+    while changed:
+        changed = False
+        for e in entries:
+            if e.parent_id in ids and e.mount_id not in ids:
+                ids.add(e.mount_id)
+                changed = True
+    ids.discard(root)
+    return ids

@@ -218,3 +218,26 @@ def test_force_unmount_ends_nobody_while_the_device_is_also_mounted_elsewhere(ex
             p.kill()
             p.wait()
         subprocess.run(["umount", str(other)], check=False)
+
+
+def test_a_mount_hidden_under_the_replicated_filesystem_does_not_block_its_unmount(ext4: Ext4) -> None:
+    """Regression (red team): something mounted at a path below the mountpoint *before* the
+    replicated filesystem was mounted over it (a leftover on the standby) is hidden, not inside it,
+    and does not keep it busy; it was taken for a mount inside, so every stop failed and the node
+    could never give its resources up."""
+    ctx = Ctx()
+    hidden = ext4.mountpoint / "save"
+    hidden.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(hidden)], check=True)
+    fs = ext4.filesystem()
+    run(fs.start(ctx))
+    assert fs.state().mounted and fs.state().inside == ()
+    run(fs.stop(ctx))
+    assert fs.state().ours is None
+    # A mount really inside it still stops the unmount.
+    run(fs.start(ctx))
+    (ext4.mountpoint / "sub").mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(ext4.mountpoint / "sub")], check=True)
+    assert fs.state().inside == (str(ext4.mountpoint / "sub"),)
+    with pytest.raises(ResourceError, match="mounted inside"):
+        run(fs.stop(ctx))
