@@ -282,7 +282,7 @@ class VmStep:
     async def _save(self, name: str, image: ImageToken) -> str | None:
         try:
             tmp = await asyncio.to_thread(self.images.prepare, name)
-        except ResourceError as e:
+        except (ResourceError, OSError) as e:  # OSError: save_dir unwritable (ext4 gone read-only after an I/O error)
             return f"refused: {e}"
         try:
             async with asyncio.timeout(self.cfg.save_timeout):

@@ -393,3 +393,18 @@ async def test_stop_ends_a_crashed_domain_whose_process_is_kept(world: World) ->
     assert rec.outcome == "succeeded", rec.error
     assert await a.client.call(lambda c: c.lookupByName("plc1").isActive()) == 0
     assert "plc1: " in rec.phases[0].detail and "no VM running" not in rec.phases[0].detail
+
+
+async def test_save_on_a_filesystem_gone_read_only_falls_back_to_shutdown(world: World) -> None:
+    """Regression (red team): ext4 remounts itself read-only after an I/O error (errors=remount-ro);
+    preparing the save then raised OSError, which skipped the shutdown fallback: the handover's stop
+    failed with every VM left running on the read-only filesystem."""
+    import subprocess
+
+    a = await world.node("a", RUNNING)
+    (world.ext4.mountpoint / "save").mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(world.ext4.mountpoint)], check=True)
+    rec = await a.ex.stop(save())
+    assert rec.outcome == "succeeded", rec.error
+    assert await a.states(PLC) == {n: (5, SHUTDOWN) for n in PLC}
+    assert "plc1: save failed (refused: " in rec.phases[0].detail and "Read-only file system" in rec.phases[0].detail
