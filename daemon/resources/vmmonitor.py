@@ -110,7 +110,10 @@ class VmMonitor:
     async def run(self) -> None:
         while True:
             self._kick.clear()
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:  # a bug: logged, and the facts keep coming (a dead monitor would freeze them)
+                log.exception("observing the VMs failed")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.cfg.poll_interval):
                     await self._kick.wait()

@@ -348,3 +348,5 @@ class VmStep:
                     await asyncio.to_thread(self.images.invalidate, vm.name, "the domain ran from its disk after the image was written")
                 except (ResourceError, libvirt.libvirtError):
                     continue  # the filesystem is not mounted here, or libvirt went away: nothing to set aside
+                except OSError as e:  # read-only or failing save_dir: tried again at the next observation
+                    log.warning("cannot set aside the save image of %s, which runs: %s", vm.name, e)

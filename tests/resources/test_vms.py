@@ -25,7 +25,7 @@ from clever_cluster.daemon.resources.filesystem import Filesystem
 from clever_cluster.daemon.resources.group import GroupExecutor
 from clever_cluster.daemon.resources.libvirtconn import LibvirtClient
 from clever_cluster.daemon.resources.saveimage import ImageStore
-from clever_cluster.daemon.resources.vmmonitor import VmMonitor
+from clever_cluster.daemon.resources.vmmonitor import VmInfo, VmMonitor
 from clever_cluster.daemon.resources.vms import VmStep
 from clever_cluster.sim.libvirt_nodes import RUNNING, SHUTOFF, write_node
 from tests.resources.conftest import Ext4
@@ -408,3 +408,28 @@ async def test_save_on_a_filesystem_gone_read_only_falls_back_to_shutdown(world:
     assert rec.outcome == "succeeded", rec.error
     assert await a.states(PLC) == {n: (5, SHUTDOWN) for n in PLC}
     assert "plc1: save failed (refused: " in rec.phases[0].detail and "Read-only file system" in rec.phases[0].detail
+
+
+async def test_monitor_survives_an_image_it_cannot_set_aside(world: World) -> None:
+    """Regression (red team): a domain started by hand while its save image lies on a filesystem gone
+    read-only: setting the image aside raised OSError out of the monitor's hook, the monitor task
+    died, and the VM facts froze at their last value for good."""
+    import asyncio
+    import subprocess
+
+    a = await world.node("a", RUNNING, cfg=world.cfg(poll_interval=0.1))
+    await a.ex.stop(StopRequest(token=None, mode="save", image=ImageToken("forcestop", "fs-3", "7:node1", "0A1B2C3D")))
+    await a.client.call(lambda c: c.lookupByName("plc1").create())  # an operator's virsh start
+    subprocess.run(["mount", "-o", "remount,ro", str(world.ext4.mountpoint)], check=True)
+    monitor = VmMonitor(a.client, a.step.cfg, on_observed=a.step.observed)
+    task = asyncio.create_task(monitor.run())
+    try:
+        await until(lambda: monitor.facts.connected or task.done(), 5, "the first observation")
+        await a.client.call(lambda c: c.lookupByName("plc1").destroy())
+        await until(lambda: task.done() or (monitor.facts.get("plc1") or VmInfo("plc1", "unknown")).state == "shutoff", 5,
+                    "plc1 reported shut off")
+        assert not task.done(), f"the monitor died: {task.exception()!r}"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
