@@ -7,7 +7,8 @@ and are handed to the asyncio loop with ``call_soon_threadsafe``.
 
 Invariants:
 - A lost connection (close callback, or a failed call on a connection that
-  is no longer alive) is dropped and reopened with exponential backoff;
+  is no longer alive) is dropped, its callbacks deregistered so that it is
+  really freed (socket, eventfd), and reopened with exponential backoff;
   meanwhile :attr:`LibvirtClient.connected` is False and every call raises
   :class:`LibvirtUnavailable` (callers report "unknown"; nothing crashes).
 - Callbacks run on the event loop, never on libvirt's threads.
@@ -86,6 +87,7 @@ class LibvirtClient:
         self.on_event = on_event
         self.on_change = on_change
         self._conn: Any = None
+        self._event_id = -1  # the lifecycle callback registered on _conn
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -108,8 +110,7 @@ class LibvirtClient:
                 await self._task
         conn, self._conn = self._conn, None
         if conn is not None:
-            with contextlib.suppress(libvirt.libvirtError):
-                await asyncio.wrap_future(self._submit(self._upkeep, conn.close))
+            await asyncio.wrap_future(self._submit(self._upkeep, _dispose, conn, self._event_id))
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     @property
@@ -198,14 +199,14 @@ class LibvirtClient:
             if self._conn is None:
                 self._gen += 1
                 try:
-                    conn = await asyncio.wrap_future(self._submit(self._upkeep, self._open, self._gen))
+                    conn, event_id = await asyncio.wrap_future(self._submit(self._upkeep, self._open, self._gen))
                 except libvirt.libvirtError as e:
                     self.last_error = str(e)
                     log.warning("cannot connect to libvirt at %s (retry in %g s): %s", self.uri, delay, e)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self._backoff_max)
                     continue
-                self._conn, self.last_error = conn, None
+                self._conn, self._event_id, self.last_error = conn, event_id, None
                 self.reconnects += 1
                 delay = self._backoff_min
                 self._connected_evt.set()
@@ -214,14 +215,18 @@ class LibvirtClient:
             self._wake.clear()
             await self._wake.wait()
 
-    def _open(self, gen: int) -> Any:
+    def _open(self, gen: int) -> tuple[Any, int]:
         conn = self._opener(self.uri)
         with contextlib.suppress(libvirt.libvirtError):
             conn.setKeepAlive(5, 3)
         with contextlib.suppress(libvirt.libvirtError):
             conn.registerCloseCallback(self._closed_cb, gen)
-        conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._event_cb, None)
-        return conn
+        try:
+            event_id = conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._event_cb, None)
+        except libvirt.libvirtError:
+            _dispose(conn, -1)
+            raise
+        return conn, int(event_id)
 
     def _lost(self, conn: Any, why: str) -> None:
         """On the loop: forget a broken connection and wake the reconnect task."""
@@ -231,7 +236,7 @@ class LibvirtClient:
         self._connected_evt.clear()
         log.warning("lost the libvirt connection to %s: %s; VM states are unknown until it is back", self.uri, why)
         with contextlib.suppress(RuntimeError):  # the pool is already shut down
-            self._submit(self._upkeep, conn.close)
+            self._submit(self._upkeep, _dispose, conn, self._event_id)
         self._wake.set()
         self._changed()
 
@@ -265,3 +270,14 @@ def _alive(conn: Any) -> bool:
         return bool(conn.isAlive())
     except libvirt.libvirtError:
         return False
+
+
+def _dispose(conn: Any, event_id: int) -> None:
+    """Close a connection for good. Its callbacks hold references to it: while they are registered,
+    close() leaves it (its socket, its wakeup eventfd) alive, one leak per reconnect."""
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.domainEventDeregisterAny(event_id)
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.unregisterCloseCallback()
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.close()
