@@ -15,7 +15,9 @@ Otherwise IPv6 addresses are added without DAD, so they are usable at once.
 
 Invariants: presence is read from netlink, never assumed; the address is
 added only right after a gate check; only the exact configured
-address/prefix is ever removed. Blocking netlink and packet I/O runs in
+address/prefix is ever removed, and a stop does not succeed while the same
+address is still on this node another way (another prefix or interface,
+added by hand), since the node would go on answering for it. Blocking netlink and packet I/O runs in
 worker threads (opened in the daemon's network namespace).
 """
 
@@ -25,6 +27,7 @@ import asyncio
 import dataclasses
 import errno
 import ipaddress
+import socket
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -203,14 +206,37 @@ class FloatingIp:
 
     async def stop(self, ctx: StepContext) -> None:
         try:
-            st = await asyncio.to_thread(self.read_state)
+            st: IpState | None = await asyncio.to_thread(self.read_state)
         except InterfaceMissing as e:
             ctx.note(f"{e}, so {self.address} is not held")  # a vanished interface took the address with it
-            return
-        if not st.present:
+            st = None
+        if st is not None and st.present:
+            await asyncio.to_thread(self._change, "del", st.index)
+            if await asyncio.to_thread(self.present):
+                raise ResourceError(f"{self.address} is still on {self.cfg.interface} after removing it")
+            ctx.note(f"removed {self.address} from {self.cfg.interface}")
+        elif st is not None:
             ctx.note(f"{self.address} not on {self.cfg.interface}")
-            return
-        await asyncio.to_thread(self._change, "del", st.index)
-        if await asyncio.to_thread(self.present):
-            raise ResourceError(f"{self.address} is still on {self.cfg.interface} after removing it")
-        ctx.note(f"removed {self.address} from {self.cfg.interface}")
+        # Only ours is removed; the same address held any other way still makes this node answer for it.
+        others = await asyncio.to_thread(self.held_otherwise)
+        if others:
+            raise ResourceError(f"{', '.join(others)} (not by clever-cluster); this node still answers for "
+                                f"{self.address.ip}: remove it by hand")
+
+    def held_otherwise(self) -> list[str]:
+        """The floating address on this node other than as configured (another prefix or interface), blocking."""
+        family = socket.AF_INET if self.address.version == 4 else socket.AF_INET6
+        try:
+            with IPRoute() as ipr:
+                names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+                found = []
+                for a in ipr.get_addr(family=family):
+                    addr = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
+                    if ipaddress.ip_address(addr) != self.address.ip:
+                        continue
+                    if names.get(a["index"]) == self.cfg.interface and a["prefixlen"] == self.address.network.prefixlen:
+                        continue  # ours
+                    found.append(f"{self.address.ip}/{a['prefixlen']} is also on {names.get(a['index'], a['index'])}")
+        except NetlinkError as e:
+            raise ResourceError(f"netlink error listing the addresses: {e}") from e
+        return found

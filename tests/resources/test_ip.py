@@ -171,3 +171,21 @@ def test_ipv6_takeover_refused_when_duplicate_address_detection_fails(lan: Lan) 
     ctx = Ctx("failover")
     run_in(lan.node, lambda: _ip6().start(ctx))
     assert "duplicate address detection passed" in ctx.notes
+
+
+@pytest.mark.parametrize("where", ["eth0", "lo"])
+def test_stop_does_not_report_success_while_the_node_still_answers_for_the_address(lan: Lan, where: str) -> None:
+    """Regression (red team): the address added by hand with another prefix (``ip addr add 10.77.0.50
+    dev eth0`` means /32), or on another interface (Linux answers ARP for any local address), was
+    left in place by the stop, which reported success: after a handover both nodes answered for it."""
+    lan.lab.run(lan.node, "ip", "link", "set", "dev", "lo", "up")
+    lan.lab.run(lan.node, "ip", "addr", "add", f"{FLOATING}/32", "dev", where)
+    ip, ctx = _ip(arp_count=0), Ctx("cold_start")
+    run_in(lan.node, lambda: ip.start(ctx))
+    with pytest.raises(ResourceError, match=rf"{FLOATING}/32 is also on {where}.*not by clever-cluster"):
+        run_in(lan.node, lambda: ip.stop(ctx))
+    assert not lan.has_addr(lan.node, f"{FLOATING}/24")  # ours is gone ...
+    assert lan.lab.reachable(lan.client, FLOATING)  # ... but the node still answers, and says so
+    lan.lab.run(lan.node, "ip", "addr", "del", f"{FLOATING}/32", "dev", where)
+    run_in(lan.node, lambda: ip.stop(ctx))
+    assert not lan.lab.reachable(lan.client, FLOATING)
