@@ -45,6 +45,7 @@ log = logsetup.get("daemon.resources.vms")
 
 DESTROY_TIMEOUT = 60.0
 POLL = 0.1
+SAVE_DIR_WAIT = 5.0  # how long the monitor's hook waits for save_dir to answer
 
 
 def disk_files(domain_xml: str) -> list[str]:
@@ -65,6 +66,7 @@ class VmStep:
         self.cfg, self.client, self.images = cfg, client, images
         self._wall = wall
         self._locks: dict[str, asyncio.Lock] = {}
+        self._scan: asyncio.Future[list[str]] | None = None  # the monitor hook's look at save_dir
         self._known = max(1, len(cfg.domains))
 
     def _waves(self) -> int:
@@ -335,18 +337,37 @@ class VmStep:
         never be restored.
         """
         self._known = max(1, len(vms))
-        for vm in vms:
-            if not vm.active or not self.images.image(vm.name).exists():
-                continue  # the exact checks come below; this only spares libvirt calls
-            lock = self._lock(vm.name)
+        running = [vm.name for vm in vms if vm.active]
+        if not running:
+            return
+        # save_dir is looked at in a thread, and not waited for long: a filesystem that stops answering
+        # (a dead network mount, DRBD's I/O freeze during a fence) must block neither the event loop nor
+        # the monitor. One look at a time, so a hung one does not pile up threads.
+        if self._scan is not None and not self._scan.done():
+            return
+        self._scan = scan = asyncio.ensure_future(asyncio.to_thread(self._with_image, running))
+        scan.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved even when not waited for
+        try:
+            async with asyncio.timeout(SAVE_DIR_WAIT):
+                with_image = await asyncio.shield(scan)
+        except (TimeoutError, OSError) as e:
+            log.warning("cannot look for save images in %s (%s); tried again at the next observation",
+                        self.images.save_dir, "no answer" if isinstance(e, TimeoutError) else e)
+            return
+        for name in with_image:  # the exact checks come below; the look only spares libvirt calls
+            lock = self._lock(name)
             if lock.locked():
                 continue
             async with lock:
                 try:
-                    if not (await self._state(vm.name)).active:
+                    if not (await self._state(name)).active:
                         continue
-                    await asyncio.to_thread(self.images.invalidate, vm.name, "the domain ran from its disk after the image was written")
+                    await asyncio.to_thread(self.images.invalidate, name, "the domain ran from its disk after the image was written")
                 except (ResourceError, libvirt.libvirtError):
                     continue  # the filesystem is not mounted here, or libvirt went away: nothing to set aside
                 except OSError as e:  # read-only or failing save_dir: tried again at the next observation
-                    log.warning("cannot set aside the save image of %s, which runs: %s", vm.name, e)
+                    log.warning("cannot set aside the save image of %s, which runs: %s", name, e)
+
+    def _with_image(self, names: list[str]) -> list[str]:
+        """Blocking: which of ``names`` have an unconsumed image in save_dir."""
+        return [n for n in names if self.images.image(n).exists()]

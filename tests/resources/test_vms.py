@@ -29,7 +29,7 @@ from clever_cluster.daemon.resources.vmmonitor import VmInfo, VmMonitor
 from clever_cluster.daemon.resources.vms import VmStep
 from clever_cluster.sim.libvirt_nodes import RUNNING, SHUTOFF, write_node
 from tests.resources.conftest import Ext4
-from tests.resources.helpers import DomainFaults, Gate, until
+from tests.resources.helpers import DomainFaults, Gate, HungFilesystem, until
 
 pytestmark = pytest.mark.root
 
@@ -430,6 +430,40 @@ async def test_monitor_survives_an_image_it_cannot_set_aside(world: World) -> No
                     "plc1 reported shut off")
         assert not task.done(), f"the monitor died: {task.exception()!r}"
     finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_hung_save_dir_blocks_neither_the_event_loop_nor_the_monitor(world: World,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (red team): the monitor's hook looked for each running domain's save image with a
+    stat on the event loop. A filesystem that stops answering there (a network filesystem mounted on
+    save_dir whose server died; DRBD's I/O freeze while the peer is being fenced) blocked the whole
+    daemon loop, heartbeats and fencing included, for as long as it hung."""
+    import asyncio
+    import threading
+
+    from clever_cluster.daemon.resources import vms as vms_module
+
+    monkeypatch.setattr(vms_module, "SAVE_DIR_WAIT", 0.5)
+    a = await world.node("a", RUNNING, cfg=world.cfg(poll_interval=0.1))
+    save_dir = world.ext4.mountpoint / "save"
+    save_dir.mkdir()
+    hung = HungFilesystem(save_dir)
+    safety = threading.Timer(20, hung.release)  # the test ends even if the loop is blocked
+    safety.start()
+    monitor = VmMonitor(a.client, a.step.cfg, on_observed=a.step.observed)
+    task = asyncio.create_task(monitor.run())
+    try:
+        assert await asyncio.to_thread(hung.pending.wait, 10)  # the monitor is looking into the hung filesystem
+        await a.client.call(lambda c: c.lookupByName("plc2").destroy())
+        await until(lambda: (monitor.facts.get("plc2") or VmInfo("plc2", "unknown")).state == "shutoff", 8,
+                    "the monitor to report plc2 shut off while save_dir hangs")
+        assert not hung.released, "the event loop was blocked until the hung filesystem was released"
+    finally:
+        safety.cancel()
+        hung.close()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
