@@ -283,11 +283,13 @@ class VmStep:
 
     async def _save(self, name: str, image: ImageToken) -> str | None:
         try:
-            tmp = await asyncio.to_thread(self.images.prepare, name)
-        except (ResourceError, OSError) as e:  # OSError: save_dir unwritable (ext4 gone read-only after an I/O error)
-            return f"refused: {e}"
-        try:
+            # One deadline for clearing save_dir and libvirt's save: a save_dir that stops answering
+            # ends in the shutdown fallback, not in the step's deadline with the VM still running.
             async with asyncio.timeout(self.cfg.save_timeout):
+                try:
+                    tmp = await asyncio.to_thread(self.images.prepare, name)
+                except (ResourceError, OSError) as e:  # OSError: save_dir unwritable (ext4 gone read-only)
+                    return f"refused: {e}"
                 await self._dom(name, "save", str(tmp))
         except TimeoutError:
             return f"did not finish within {self.cfg.save_timeout:g} s"

@@ -467,3 +467,33 @@ async def test_a_hung_save_dir_blocks_neither_the_event_loop_nor_the_monitor(wor
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_save_into_a_hung_save_dir_falls_back_to_shutdown_in_time(world: World,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (red team): preparing the save (clearing old files in save_dir) had no deadline of
+    its own: with save_dir hung (a dead network mount on it), each VM's stop waited for it until the
+    whole step's budget ran out, and the stop failed with every VM left running, instead of giving
+    up on the image after vms.save_timeout and shutting the VM down."""
+    import asyncio
+    import threading
+
+    from clever_cluster.daemon.resources import vms as vms_module
+
+    monkeypatch.setattr(vms_module, "DESTROY_TIMEOUT", 5.0)  # keeps the step budget (and this test when it fails) short
+    a = await world.node("a", RUNNING, cfg=world.cfg(save_timeout=1.0))
+    save_dir = world.ext4.mountpoint / "save"
+    save_dir.mkdir()
+    hung = HungFilesystem(save_dir)
+    safety = threading.Timer(60, hung.release)
+    safety.start()
+    try:
+        rec = await a.ex.stop(save())
+        assert not hung.released
+        assert rec.outcome == "succeeded", rec.error
+        assert await a.states(PLC) == {n: (5, SHUTDOWN) for n in PLC}
+        assert "plc1: save failed (did not finish within 1 s); shut down" in rec.phases[0].detail
+    finally:
+        safety.cancel()
+        hung.close()
+        await asyncio.sleep(0)
