@@ -10,7 +10,9 @@ step first makes sure nobody else holds the address, and fails with a clear
 message if somebody does (the old node may not be off after all): IPv4 sends
 ARP probes and waits ``ip.conflict_timeout`` for an answer from another MAC;
 IPv6 adds the address with the kernel's duplicate address detection and
-waits for its verdict (about one to two seconds with the kernel's defaults).
+waits for its verdict (about one to two seconds with the kernel's defaults);
+on an interface without it (accept_dad=0, dad_transmits=0) it sends
+neighbour solicitations for the address and waits as for IPv4.
 Otherwise IPv6 addresses are added without DAD, so they are usable at once.
 
 Invariants: presence is read from netlink, never assumed; the address is
@@ -28,6 +30,7 @@ import dataclasses
 import errno
 import ipaddress
 import socket
+from pathlib import Path
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -139,24 +142,42 @@ class FloatingIp:
             await asyncio.to_thread(self._change, "del", st.index)
         req = ctx.start
         check = req is not None and req.takeover == "failover" and self.cfg.conflict_check
+        dad = check and self.address.version == 6 and await asyncio.to_thread(self._does_dad)
         if check and self.address.version == 4:
             assert isinstance(self.address.ip, ipaddress.IPv4Address)
             other = await asyncio.to_thread(arp.probe, self.cfg.interface, st.mac, self.address.ip, self.cfg.conflict_timeout)
             if other is not None:
                 raise ResourceError(self._conflict(f"still answers ARP from {other}"))
             ctx.note(f"no answer to the conflict probe within {self.cfg.conflict_timeout:g} s")
+        elif check and not dad:  # IPv6 on an interface without DAD: ask for the address ourselves
+            assert isinstance(self.address.ip, ipaddress.IPv6Address)
+            other = await asyncio.to_thread(ndp.probe, self.cfg.interface, st.mac, self.address.ip, self.cfg.conflict_timeout)
+            if other is not None:
+                raise ResourceError(self._conflict(f"still answers neighbour solicitations from {other}"))
+            ctx.note(f"no answer to the conflict probe within {self.cfg.conflict_timeout:g} s "
+                     f"({self.cfg.interface} does no duplicate address detection)")
         ctx.check_gate()
-        await asyncio.to_thread(self._change, "add", st.index, check)
+        await asyncio.to_thread(self._change, "add", st.index, dad)
         st = await asyncio.to_thread(self.read_state)
         if not st.present:
             raise ResourceError(f"{self.address} is not on {self.cfg.interface} after adding it")
-        if check and self.address.version == 6:
+        if dad:
             await self._await_dad(ctx)
         ctx.note(f"added {self.address} on {self.cfg.interface}")
         if self.cfg.arp_count:
             sent = await self._announce(st)
             kind = "gratuitous ARP" if self.address.version == 4 else "neighbour advertisements"
             ctx.note(f"{sent} {kind} sent")
+
+    def _does_dad(self) -> bool:
+        """Whether the kernel runs duplicate address detection on the interface (blocking: reads sysctls)."""
+        def conf(iface: str, key: str) -> int:
+            try:
+                return int(Path(f"/proc/sys/net/ipv6/conf/{iface}/{key}").read_text())
+            except (OSError, ValueError):
+                return 0
+        accept = max(conf("all", "accept_dad"), conf(self.cfg.interface, "accept_dad"))
+        return accept >= 1 and conf(self.cfg.interface, "dad_transmits") >= 1
 
     def _conflict(self, how: str) -> str:
         return (f"{self.address.ip} {how} on {self.cfg.interface}: another host holds it "

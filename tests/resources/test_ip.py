@@ -189,3 +189,20 @@ def test_stop_does_not_report_success_while_the_node_still_answers_for_the_addre
     lan.lab.run(lan.node, "ip", "addr", "del", f"{FLOATING}/32", "dev", where)
     run_in(lan.node, lambda: ip.stop(ctx))
     assert not lan.lab.reachable(lan.client, FLOATING)
+
+
+def test_ipv6_takeover_refused_while_another_host_answers_even_without_dad(lan: Lan) -> None:
+    """Regression (red team): with duplicate address detection off on the interface (accept_dad=0,
+    set by some distributions and cloud images), the kernel never checked the address, and the
+    step noted "duplicate address detection passed" and took it while the old holder still answered."""
+    lan.lab.run(lan.node, "sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0")
+    old_mac = lan.mac(lan.old)
+    lan.lab.run(lan.old, "ip", "addr", "add", f"{FLOATING6}/64", "dev", "eth0", "nodad")
+    with pytest.raises(ResourceError, match=rf"{FLOATING6} still answers neighbour solicitations from {old_mac} on eth0"):
+        run_in(lan.node, lambda: _ip6().start(Ctx("failover")))
+    assert FLOATING6 not in lan.lab.run(lan.node, "ip", "-6", "-o", "addr", "show", "dev", "eth0").stdout
+    lan.lab.run(lan.old, "ip", "addr", "del", f"{FLOATING6}/64", "dev", "eth0")
+    ctx = Ctx("failover")
+    run_in(lan.node, lambda: _ip6().start(ctx))
+    assert any("no answer to the conflict probe" in n for n in ctx.notes)
+    assert FLOATING6 in lan.lab.run(lan.node, "ip", "-6", "-o", "addr", "show", "dev", "eth0").stdout
