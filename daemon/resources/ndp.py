@@ -17,12 +17,10 @@ callers run it in a worker thread.
 from __future__ import annotations
 
 import ipaddress
-import select
 import socket
 import struct
-import time
 
-from .arp import PACKET_OUTGOING, mac_bytes, mac_text
+from .arp import ask, mac_bytes, mac_text
 
 ND_NEIGHBOR_SOLICIT = 135
 ND_NEIGHBOR_ADVERT = 136
@@ -91,27 +89,10 @@ def _advertiser(frame: bytes, target: ipaddress.IPv6Address) -> str | None:
 def probe(ifname: str, mac: str, target: ipaddress.IPv6Address, timeout: float, probes: int = 2) -> str | None:
     """The MAC of another host that defends ``target`` within ``timeout`` seconds, or None (blocking)."""
     own = mac_bytes(mac)
-    request = dad_probe_frame(target, mac)
+
+    def answer(data: bytes) -> str | None:
+        return None if data[6:12] == own else _advertiser(data, target)
+
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IPV6)) as s:
         s.bind((ifname, ETH_P_IPV6))
-        start = time.monotonic()
-        deadline = start + timeout
-        next_probe, sent = start, 0
-        while True:
-            now = time.monotonic()
-            if sent < probes and now >= next_probe:
-                s.send(request)
-                sent += 1
-                next_probe = start + timeout * sent / probes
-            if now >= deadline:
-                return None
-            wait = min(deadline, next_probe if sent < probes else deadline) - now
-            ready, _, _ = select.select([s], [], [], max(0.0, wait))
-            if not ready:
-                continue
-            data, addr = s.recvfrom(2048)
-            if addr[2] == PACKET_OUTGOING or data[6:12] == own:
-                continue
-            who = _advertiser(data, target)
-            if who is not None:
-                return who
+        return ask(s, dad_probe_frame(target, mac), answer, timeout, probes)
