@@ -3,7 +3,8 @@
 Talks to the local daemon over the control socket. Exit codes (DESIGN
 section 9): 0 ok, 1 failed or refused, 2 usage, 3 daemon unreachable. DRBD's
 handler verbs (``fence-peer``, ``unfence-peer``) are the one exception: they
-speak DRBD's exit codes.
+speak DRBD's exit codes and are dispatched to :mod:`.handler_cli` before any
+argument parsing (whose usage error would be exit 2).
 
 Every read verb takes ``--json``; the JSON is the daemon's answer as is (see
 docs/operations.md for the schema). Errors are one line on stderr, never a
@@ -23,6 +24,7 @@ from typing import Any
 
 from . import config as config_mod
 from .control import CommandFailed, ControlClient, DaemonUnreachable, socket_path
+from .handler_cli import handler_verb, run_handler
 
 DEFAULT_CONFIG = Path(os.environ.get("CLEVER_CLUSTER_CONFIG", "/etc/clever-cluster/clever-cluster.toml"))
 
@@ -102,9 +104,15 @@ def cmd_reload(ctx: Context) -> int:
     return EXIT_OK
 
 
+def cmd_handler_help(ctx: Context) -> int:  # dispatched before argparse; listed for --help only
+    return run_handler([ctx.args.verb])
+
+
 VERBS: dict[str, tuple[Callable[[Context], int], str]] = {
     "status": (cmd_status, "show the cluster state"),
     "reload": (cmd_reload, "re-read the configuration file (like SIGHUP)"),
+    "fence-peer": (cmd_handler_help, "DRBD's fence-peer handler (exit codes are DRBD's: 4 outdated, 7 fenced, 1 otherwise)"),
+    "unfence-peer": (cmd_handler_help, "DRBD's unfence-peer handler"),
 }
 READ_VERBS = {"status"}
 
@@ -122,6 +130,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    raw = sys.argv[1:] if argv is None else list(argv)
+    if handler_verb(raw) is not None:
+        # DRBD's handlers speak DRBD's exit codes, not clevervm's (DESIGN section 9).
+        return run_handler(raw)
     parser = _parser()
     try:
         args = parser.parse_args(argv)

@@ -20,8 +20,11 @@ import json
 import os
 import stat
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
+
+from clever_cluster.fencing.stock import is_secret_option
 
 from .schema import Problems, format_duration, load_section, opt
 
@@ -143,7 +146,10 @@ class VmsConfig:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class _DeviceBase:
     name: str = opt(doc="Device name for logs, status and metrics.", pattern=NAME_RE, example="bmc-host2")
-    timeout: float = opt(30.0, "Budget for one operation on this device (power off and its verification).", kind="duration", min=1.0, max=600.0)
+    # 12 s: an IPMI/Redfish power-off typically takes 3-8 s, plus two verifying
+    # reads 1 s apart and the login; and one such device in level 1 plus the
+    # 1.1 s detection stays inside the default 15 s priority_delay.
+    timeout: float = opt(12.0, "Budget for one operation on this device (power off and its verification). A level's budget is the sum of its devices'; keep the first level's budget plus detection below `fencing.priority_delay`.", kind="duration", min=1.0, max=600.0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -209,11 +215,16 @@ class FencingConfig:
     level: tuple[FenceLevelConfig, ...] = opt(doc="Fence levels, tried in order. At least one (use a `manual` device if nothing can power off the peer).", nonempty=True)
 
 
+# A daemon restarted by systemd reopens the watchdog well within this; the
+# watchdog's timeout must exceed it.
+WATCHDOG_RESTART_ALLOWANCE = 15.0
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class WatchdogConfig:
     enabled: bool = opt(False, "Use a local hardware watchdog as a self-fence backstop.")
     device: Path = opt(Path("/dev/watchdog"), "Watchdog device.")
-    timeout: float = opt(60.0, "Watchdog timeout; must outlast a daemon restart.", kind="duration", min=5.0, max=600.0)
+    timeout: float = opt(60.0, "Watchdog timeout; must outlast a daemon restart (more than 15s) and be at least 2 x `heartbeat.timeout`.", kind="duration", min=5.0, max=600.0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -353,6 +364,9 @@ def _cross_check(cfg: Config, p: Problems) -> None:
         p.add("fencing.retry_backoff_max", f"must be at least fencing.retry_backoff ({d(cfg.fencing.retry_backoff)})")
     if cfg.watchdog.enabled and cfg.watchdog.timeout < 2 * hb.timeout:
         p.add("watchdog.timeout", f"must be at least 2 x heartbeat.timeout ({d(2 * hb.timeout)}) when the watchdog is enabled")
+    if cfg.watchdog.enabled and int(cfg.watchdog.timeout) <= WATCHDOG_RESTART_ALLOWANCE:
+        p.add("watchdog.timeout", f"must be more than {d(WATCHDOG_RESTART_ALLOWANCE)} (whole seconds) when the watchdog is enabled, "
+                                  f"or a daemon restart resets the node; not {d(cfg.watchdog.timeout)}")
 
     # Links.
     seen_names: set[str] = set()
@@ -405,8 +419,10 @@ def _cross_check(cfg: Config, p: Problems) -> None:
                 for k in dev.options:
                     if k == "action":
                         p.add(f"{where}.options.{k}", "the action is chosen by clever-cluster, not configured")
-                    if k in ("password", "passwd"):
+                    if is_secret_option(k):
                         p.add(f"{where}.options.{k}", "secrets belong in secret_file, not in the configuration")
+            if isinstance(dev, RedfishDevice) and "@" in urllib.parse.urlsplit(dev.url).netloc:
+                p.add(f"{where}.url", "must not hold credentials: use username and password_file")
 
     names: set[str] = set()
     for i, a in enumerate(cfg.alerts):

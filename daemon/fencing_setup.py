@@ -25,10 +25,16 @@ from clever_cluster.fencing.stock import StockAgent, StockParams, read_secret_fi
 from clever_cluster.fencing.types import Secret
 from clever_cluster.fencing.watchdog import LinuxWatchdog, SelfFenceGuard
 
-from .config import Config, FenceAgentDevice, FenceDevice, IpmiDevice, LibvirtDevice, ManualDevice, RedfishDevice
-
-# A daemon restarted by systemd reopens the watchdog well within this.
-WATCHDOG_RESTART_ALLOWANCE = 15.0
+from .config import (
+    WATCHDOG_RESTART_ALLOWANCE,
+    Config,
+    FenceAgentDevice,
+    FenceDevice,
+    IpmiDevice,
+    LibvirtDevice,
+    ManualDevice,
+    RedfishDevice,
+)
 
 
 def _password(password: str | None, password_file: Path | None) -> Secret:

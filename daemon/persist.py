@@ -3,43 +3,26 @@
 Invariant: after :func:`atomic_write` returns, the new content is on disk and
 a crash at any point leaves either the old or the new file, never a torn one
 (write a temporary file, fsync it, rename over the target, fsync the
-directory). Readers never see partial JSON.
+directory). Readers never see partial JSON. Appended journal lines are never
+glued onto a line torn by a crash.
+
+The primitives live in ``fencing/durable.py`` because fencing (which may not
+import the daemon) needs them too; this module adds the JSON conveniences.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from ..fencing.durable import append_line_fsync, atomic_write, fsync_dir
 
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+__all__ = ["append_fsync", "atomic_write", "atomic_write_json", "ensure_dir", "fsync_dir", "read_json"]
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, (json.dumps(obj, sort_keys=True, indent=1) + "\n").encode())
+    atomic_write(Path(path), (json.dumps(obj, sort_keys=True, indent=1) + "\n").encode())
 
 
 def read_json(path: Path) -> Any | None:
@@ -53,16 +36,7 @@ def read_json(path: Path) -> Any | None:
 
 def append_fsync(path: Path, line: str) -> None:
     """Append one line to a journal file and fsync it (and the directory on create)."""
-    path = Path(path)
-    created = not path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        os.write(fd, (line.rstrip("\n") + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if created:
-        fsync_dir(path.parent)
+    append_line_fsync(Path(path), line.encode())
 
 
 def ensure_dir(path: Path, mode: int = 0o700) -> Path:

@@ -51,6 +51,15 @@ class DeviceConfigError(Exception):
     """The device is configured in a way that cannot work (found at load or first use)."""
 
 
+def error_text(e: Exception) -> str:
+    """What went wrong in a device call, for evidence and status (never a traceback)."""
+    if isinstance(e, DeviceError):
+        return e.message
+    if isinstance(e, DeviceConfigError):
+        return str(e)
+    return f"{type(e).__name__}: {e}"
+
+
 class FenceAgent(abc.ABC):
     """One fence device that controls the power of the peer's machine."""
 

@@ -5,8 +5,9 @@ Sequence of one operation (DESIGN 4.4, 8):
   -> the delay decided by the policy (applied once, before the first device;
      the peer heard again cancels)
   -> a fresh gateway gate (S7: an isolated node does not shoot)
-  -> levels in order; every device of a level must confirm OFF; before each
-     device action the peer's heartbeat is re-checked (heard: cancel) and the
+  -> levels in order; every device of a level must confirm OFF; before and
+     during each device action the peer's heartbeat is checked (heard: the
+     action is stopped, its process killed, and the fence cancelled) and the
      device's identity is checked (untrusted or mismatched: refused, no power
      action); failed attempts are retried with backoff inside the device's
      own budget
@@ -21,6 +22,9 @@ Invariants:
 - A record is looked up by the whole episode and never serves another one.
 - One operation per target: the daemon loop, the DRBD fence-peer handler and
   ``clevervm fence`` join it. A caller that stops waiting does not stop it.
+- No device action outlives its operation: when an operation ends (operator,
+  peer heard, ``cancel()``, superseded) its running agent call is cancelled
+  and awaited, so a power-off not yet sent is never sent later.
 - Nothing is reported confirmed before the record is on disk.
 """
 
@@ -34,7 +38,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from .agent import DeviceError, FenceAgent
+from .agent import REQUIRED_OFF_READS, FenceAgent, error_text
 from .identity import IdentityBook, IdentityVerdict, Trust, same_machine
 from .journal import FenceJournal, FenceRecord
 from .manual import ConfirmRefused, ManualAgent, OperatorConfirmation, check_confirmation
@@ -220,16 +224,32 @@ class FenceCoordinator:
         """Whether every device of some level reads the peer OFF right now.
 
         For the policy's "no delay when the peer's device already reports it
-        off" (DESIGN 4.4). Read-only, trusted devices only; it is never
-        fencing evidence: only a fence operation writes a record.
+        off" (DESIGN 4.4). Read-only, trusted devices only, each read OFF on
+        consecutive reads as for a confirmation; it is never fencing
+        evidence: only a fence operation writes a record.
         """
         for level in self.levels:
             if any(isinstance(a, ManualAgent) or not self.identity.trusted(a.name, self._peer_mid()) for a in level):
                 continue
-            readings = [await a.status(Deadline.after(min(a.timeout, 10.0))) for a in level]
-            if all(r.outcome is None and r.state is PowerState.OFF for r in readings):
+            if all([await self._reads_off(a) for a in level]):
                 return True
         return False
+
+    @staticmethod
+    async def _reads_off(agent: FenceAgent) -> bool:
+        """OFF on REQUIRED_OFF_READS consecutive reads: one stray OFF must not drop the priority delay."""
+        deadline = Deadline.after(min(agent.timeout, 10.0))
+        for n in range(REQUIRED_OFF_READS):
+            if n:
+                await asyncio.sleep(min(agent.poll_interval, deadline.remaining()))
+            try:
+                r = await agent.status(deadline)
+            except Exception as e:  # noqa: BLE001 - no reading is not OFF
+                log.warning("status of %s failed: %s", agent.name, error_text(e))
+                return False
+            if r.outcome is not None or r.state is not PowerState.OFF:
+                return False
+        return True
 
     async def aclose(self) -> None:
         self.cancel("shutting down")
@@ -372,14 +392,16 @@ class FenceCoordinator:
         while True:
             attempt += 1
             op.status.attempts += 1
-            task = asyncio.create_task(agent.off(deadline))
-            waiters: set[asyncio.Future[Any]] = {task, op.operator}
-            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            if task not in done:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-                return op.operator.result()
+            task = asyncio.create_task(agent.off(deadline), name=f"fence-{agent.name}-off")
+            try:
+                conf = await self._watch_device(op, task)
+            finally:
+                # However this operation ends (operator, peer heard, cancel()),
+                # the device action ends with it: a power-off not yet sent is
+                # never sent by an agent left running on its own.
+                await _stop(task)
+            if conf is not None:
+                return conf
             try:
                 r = task.result()
             except Exception as e:
@@ -390,9 +412,20 @@ class FenceCoordinator:
                 return r
             if isinstance(agent, ManualAgent) or deadline.remaining() <= pause:
                 return r
-            self._check_heard(op)
-            await asyncio.sleep(pause)
+            conf = await self._wait(op, pause)
+            if conf is not None:
+                return conf
             pause = min(pause * 2, DEVICE_RETRY_MAX)
+
+    async def _watch_device(self, op: _Operation, task: asyncio.Task[FenceResult]) -> OperatorConfirmation | None:
+        """Wait for a device action; the operator's confirmation ends it, the peer heard again cancels it."""
+        waiters: set[asyncio.Future[Any]] = {task, op.operator}
+        while True:
+            done, _ = await asyncio.wait(waiters, timeout=HEARD_POLL, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                return None
+            if op.operator.done():
+                return op.operator.result()
             self._check_heard(op)
 
     async def _identity_refusal(self, agent: FenceAgent, deadline: Deadline) -> str | None:
@@ -406,8 +439,8 @@ class FenceCoordinator:
         assert expected is not None
         try:
             reported = await agent.machine_id(deadline.earliest(agent.timeout / 3))
-        except DeviceError as e:
-            return f"cannot re-read the machine id before powering off: {e.message}"
+        except Exception as e:  # noqa: BLE001 - a device that cannot say what it controls is not used; the next level is tried
+            return f"cannot re-read the machine id before powering off: {error_text(e)}"
         if same_machine(reported, self.own_machine_id) or not same_machine(reported, expected):
             v = self.identity.record(IdentityVerdict(agent.name, Trust.MISMATCH,
                                                      f"now reports machine id {reported}; the peer's is {expected}", reported, expected, now_wall()))
@@ -473,3 +506,12 @@ class FenceCoordinator:
                 self._on_event(FenceEvent(kind, self.target, message, result, alert))
             except Exception:
                 log.exception("fence event observer failed")
+
+
+async def _stop(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` if it still runs and wait until it has really ended."""
+    if not task.done():
+        task.cancel()
+        await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()  # retrieved here; the caller reads the result when it wants it

@@ -1,7 +1,8 @@
 """Crash-safe file writes for fencing state (fencing/ may not import daemon/).
 
 - :func:`append_line_fsync` returns only after the line and, when the file
-  was created, its directory entry are on disk.
+  was created, its directory entry are on disk; a line it appends is never
+  merged with a torn line left by a crash.
 - :func:`atomic_write` leaves either the old or the new file, never a torn one.
 """
 
@@ -26,11 +27,17 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def append_line_fsync(path: Path, line: bytes) -> None:
-    """Append ``line`` plus a newline in one write, then fsync."""
+    """Append ``line`` plus a newline in one write, then fsync.
+
+    A torn last line (power lost mid-write) is ended first, so the new line
+    stays a line of its own instead of being glued onto the garbage.
+    """
     created = not path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        _write_all(fd, line.rstrip(b"\n") + b"\n")
+        size = os.fstat(fd).st_size
+        torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+        _write_all(fd, (b"\n" if torn else b"") + line.rstrip(b"\n") + b"\n")
         os.fsync(fd)
     finally:
         os.close(fd)

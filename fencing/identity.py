@@ -18,7 +18,9 @@ Invariants:
 
 Verified devices are remembered in ``<state_dir>/fence-identity.json`` so that
 a daemon restarted during a peer loss can still use them; an entry counts only
-for the same device description and peer machine id.
+for the same device description and peer machine id. The file is written only
+when what it holds changes (not at every re-verification), and a write that
+fails leaves the verdict in force in memory.
 """
 
 from __future__ import annotations
@@ -26,13 +28,17 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import logging
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from .agent import DeviceError, FenceAgent
 from .durable import atomic_write
 from .manual import ManualAgent
 from .types import Deadline, PowerState, now_wall
+
+log = logging.getLogger("clever_cluster.fencing")
 
 
 class Trust(enum.Enum):
@@ -65,10 +71,16 @@ def same_machine(a: str, b: str) -> bool:
     return bool(_variants(a) & _variants(b))
 
 
-async def check_identity(agent: FenceAgent, *, peer_machine_id: str | None, own_machine_id: str, peer_heard: bool,
+async def check_identity(agent: FenceAgent, *, peer_machine_id: str | None, own_machine_id: str, peer_heard: bool | Callable[[], bool],
                          deadline: Deadline) -> IdentityVerdict:
-    """Run the identity check once (read-only: machine id and power status)."""
+    """Run the identity check once (read-only: machine id and power status).
+
+    ``peer_heard`` may be a callable: it is then asked again after an OFF
+    reading, and the device is a mismatch only if the peer is still heard
+    (a peer whose machine just lost power reads OFF on the right device).
+    """
     name = agent.name
+    heard: Callable[[], bool] = peer_heard if callable(peer_heard) else (lambda: bool(peer_heard))
     if isinstance(agent, ManualAgent):
         return IdentityVerdict(name, Trust.VERIFIED, "an operator's confirmation needs no device identity", at=now_wall())
     try:
@@ -83,7 +95,7 @@ async def check_identity(agent: FenceAgent, *, peer_machine_id: str | None, own_
     if not same_machine(reported, peer_machine_id):
         return IdentityVerdict(name, Trust.MISMATCH, f"reports machine id {reported}, but the peer publishes {peer_machine_id}",
                                reported, peer_machine_id, now_wall())
-    if not peer_heard:
+    if not heard():
         return IdentityVerdict(name, Trust.UNVERIFIED, "machine id matches; its power reading can be checked only while the peer is heard",
                                reported, peer_machine_id, now_wall())
     reading = await agent.status(deadline)
@@ -91,6 +103,9 @@ async def check_identity(agent: FenceAgent, *, peer_machine_id: str | None, own_
         return IdentityVerdict(name, Trust.UNVERIFIED, f"machine id matches but the power read failed: {reading.detail}",
                                reported, peer_machine_id, now_wall())
     if reading.state is PowerState.OFF:
+        if not heard():
+            return IdentityVerdict(name, Trust.UNVERIFIED, f"reads the machine OFF ({reading.detail}) but the peer is not heard any more: "
+                                                           "it may just have lost power", reported, peer_machine_id, now_wall())
         return IdentityVerdict(name, Trust.MISMATCH, f"reads the machine OFF ({reading.detail}) while the peer is heard: it does not control the peer",
                                reported, peer_machine_id, now_wall())
     if reading.state is not PowerState.ON:
@@ -110,6 +125,7 @@ class IdentityBook:
         self._path = Path(state_dir) / self.FILENAME if state_dir is not None else None
         self._verdicts: dict[str, IdentityVerdict] = {}
         self._load()
+        self._saved = self._facts()
 
     def _load(self) -> None:
         if self._path is None:
@@ -128,13 +144,26 @@ class IdentityBook:
             self._verdicts[name] = IdentityVerdict(name, Trust.VERIFIED, str(entry.get("message", "verified earlier")),
                                                    entry.get("reported"), entry["peer_machine_id"], float(entry.get("at", 0.0)))
 
+    def _facts(self) -> dict[str, tuple[object, ...]]:
+        """What the file must hold: the verified devices and what they were verified against."""
+        return {n: (self._describe.get(n), v.reported, v.peer_machine_id)
+                for n, v in self._verdicts.items() if v.trust is Trust.VERIFIED}
+
     def _save(self) -> None:
-        if self._path is None:
-            return
+        facts = self._facts()
+        if self._path is None or facts == self._saved:
+            return  # a re-verification changes nothing on disk: no write, no fsync on the event loop
         data = {n: {"trust": v.trust.value, "describe": self._describe.get(n), "reported": v.reported,
                     "peer_machine_id": v.peer_machine_id, "message": v.message, "at": v.at}
                 for n, v in self._verdicts.items() if v.trust is Trust.VERIFIED}
-        atomic_write(self._path, (json.dumps(data, sort_keys=True, indent=1) + "\n").encode())
+        try:
+            atomic_write(self._path, (json.dumps(data, sort_keys=True, indent=1) + "\n").encode())
+        except OSError as e:
+            # The verdict holds in memory; a device that lost its trust here is
+            # checked again before any power-off after a restart too.
+            log.warning("cannot write %s: %s", self._path, e.strerror or e)
+            return
+        self._saved = facts
 
     def record(self, verdict: IdentityVerdict) -> IdentityVerdict:
         """Fold a check result in; returns the device's verdict now in force."""

@@ -3,7 +3,8 @@
 - Every device is checked at start, after a reload and periodically with
   jitter (default every 5 min ± 20 %), never more often than once a minute
   per device (BMCs have few session slots). A check is ``monitor()`` plus
-  the identity check; it never changes power.
+  the identity check; it never changes power. A device whose call raises is
+  reported unhealthy and unverified; it never stops the checks of the others.
 - :func:`assess` turns the results into "can this node fence its peer right
   now" and the redundancy sentence shown by ``status``.
 - :func:`priority_delay_warning` is the timing check of ``clevervm check``.
@@ -17,10 +18,10 @@ import random
 import time
 from collections.abc import Callable, Sequence
 
-from .agent import FenceAgent
+from .agent import FenceAgent, error_text
 from .identity import IdentityBook, IdentityVerdict, Trust, check_identity
 from .manual import ManualAgent
-from .types import Deadline, DeviceHealth
+from .types import Deadline, DeviceHealth, now_wall
 
 MIN_INTERVAL = 60.0
 DEFAULT_INTERVAL = 300.0
@@ -68,9 +69,17 @@ class DeviceMonitor:
         # One operation per device at a time: a check never competes with a fence for a BMC's few sessions.
         async with agent.lock:
             deadline = Deadline.after(agent.timeout)
-            health = await agent.monitor(deadline)
-            verdict = await check_identity(agent, peer_machine_id=self._peer_mid(), own_machine_id=self.own_machine_id,
-                                           peer_heard=self._heard(), deadline=deadline)
+            # A device that raises is an unhealthy, unverified device, never a
+            # monitor that stops checking the others.
+            try:
+                health = await agent.monitor(deadline)
+            except Exception as e:  # noqa: BLE001
+                health = agent.health(False, f"monitor failed: {error_text(e)}")
+            try:
+                verdict = await check_identity(agent, peer_machine_id=self._peer_mid(), own_machine_id=self.own_machine_id,
+                                               peer_heard=self._heard, deadline=deadline)
+            except Exception as e:  # noqa: BLE001
+                verdict = IdentityVerdict(agent.name, Trust.UNVERIFIED, f"identity check failed: {error_text(e)}", at=now_wall())
         verdict = self.identity.record(verdict)
         result = DeviceCheck(level, health, verdict)
         self.results[agent.name] = result

@@ -9,6 +9,10 @@
   until ``PowerState`` is exactly ``"Off"`` twice in a row. ``PoweringOff``,
   ``null`` or a missing ``PowerState`` is not off.
 - TLS certificates are verified by default (system CAs or ``ca_file``).
+- Every request goes to the configured service's origin: a link the
+  service gives to another host (a member, a reset target) is refused, so
+  the credentials, the power action and the readings stay with that BMC.
+  Only a 2xx answer is read as a resource (a redirect's body is not).
 - No session is created, so none can leak (BMCs have few session slots).
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import ssl
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +55,15 @@ def _service_message(resp: httpx.Response) -> str:
     return str(err.get("message") or resp.reason_phrase)[:300]
 
 
+def _origin(parts: urllib.parse.SplitResult) -> tuple[str, str | None, int | None]:
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1  # malformed: matches nothing
+    return scheme, parts.hostname, port if port is not None else {"http": 80, "https": 443}.get(scheme)
+
+
 class RedfishAgent(FenceAgent):
     kind = "redfish"
     shares_peer_power = True
@@ -65,14 +79,31 @@ class RedfishAgent(FenceAgent):
             self._verify = ssl.create_default_context(cafile=str(params.ca_file) if params.ca_file else None)
 
     def describe(self) -> str:
-        return f"redfish {self._base}{self.params.system or ''} user {self.params.username}"
+        parts = urllib.parse.urlsplit(self._base)
+        shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # never credentials in a URL
+        return f"redfish {shown}{self.params.system or ''} user {self.params.username}"
 
     def _client(self) -> httpx.AsyncClient:
         auth = httpx.BasicAuth(self.params.username.encode(), self.params.password.reveal())
         return httpx.AsyncClient(base_url=self._base, auth=auth, verify=self._verify, follow_redirects=False,
                                  headers={"Accept": "application/json", "OData-Version": "4.0"})
 
+    def _local(self, uri: str) -> str:
+        """``uri`` (a link the service gave, or ``system``) as a path on this service.
+
+        A link to any other origin is refused: the credentials and the power
+        action go to the configured service only, and a power reading comes
+        from it only.
+        """
+        parts = urllib.parse.urlsplit(uri)
+        if (parts.scheme or parts.netloc) and _origin(parts) != _origin(urllib.parse.urlsplit(self._base)):
+            raise DeviceError(Outcome.FAILED, f"the service links to {uri!r}, on another host than {self._base}: refused")
+        if not parts.path.startswith("/"):
+            raise DeviceError(Outcome.FAILED, f"the service gave {uri!r}, not a path on {self._base}")
+        return parts.path + (f"?{parts.query}" if parts.query else "")
+
     async def _request(self, c: httpx.AsyncClient, method: str, path: str, deadline: Deadline, json: Any = None) -> httpx.Response:
+        path = self._local(path)
         left = deadline.remaining()
         if left <= 0:
             raise DeviceError(Outcome.TIMED_OUT, f"{method} {path}: deadline passed")
@@ -90,7 +121,8 @@ class RedfishAgent(FenceAgent):
 
     async def _get_json(self, c: httpx.AsyncClient, path: str, deadline: Deadline) -> dict[str, Any]:
         resp = await self._request(c, "GET", path, deadline)
-        if resp.status_code >= 400:
+        if not 200 <= resp.status_code < 300:
+            # A redirect's body (or any other non-2xx body) is not the resource asked for.
             raise DeviceError(Outcome.FAILED, f"GET {path}: HTTP {resp.status_code}: {_service_message(resp)}")
         try:
             body = resp.json()

@@ -42,6 +42,14 @@ RESERVED = {"action", "option", "nodename"}
 BMC_AGENTS = {"fence_ipmilan", "fence_ipmilanplus", "fence_idrac", "fence_ilo3", "fence_ilo4", "fence_ilo5", "fence_imm",
               "fence_redfish", "fence_ilo", "fence_ilo_ssh", "fence_ilo_moonshot", "fence_ilo_mp", "fence_ibmblade", "fence_amt_ws"}
 METADATA_TIMEOUT = 10.0
+# Agent parameters that carry a secret (fence-agents' names; any *passw*
+# too): they come from the secret file only, and describe() never shows them.
+SECRET_OPTIONS = frozenset({"password", "passwd", "snmp_priv_passwd", "community", "hexadecimal_kg", "secret_key", "token", "apikey"})
+
+
+def is_secret_option(key: str) -> bool:
+    k = _norm(key).lower()
+    return k in SECRET_OPTIONS or "passw" in k
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +130,7 @@ class StockAgent(FenceAgent):
 
     def describe(self) -> str:
         # The options say which device and outlet; secrets are not options.
-        opts = " ".join(f"{k}={v}" for k, v in sorted(self.params.options.items()))
+        opts = " ".join(f"{k}={'***' if is_secret_option(k) else v}" for k, v in sorted(self.params.options.items()))
         return f"{os.path.basename(self.params.agent)} {opts}".strip()
 
     def path(self) -> str:
@@ -164,11 +172,14 @@ class StockAgent(FenceAgent):
             env=dict(SCRUBBED_ENV), start_new_session=True, close_fds=True)
         try:
             out, err = await asyncio.wait_for(proc.communicate(self._stdin(action, with_options)), timeout=max(0.0, deadline.remaining()))
-        except (TimeoutError, asyncio.CancelledError):
-            self._kill_group(proc.pid)
-            with contextlib.suppress(ProcessLookupError):
-                await asyncio.shield(proc.wait())
+        except TimeoutError:
+            await self._end_group(proc)
             raise DeviceError(Outcome.TIMED_OUT, f"{os.path.basename(path)} action={action} did not finish before the deadline; its process group was killed") from None
+        except asyncio.CancelledError:
+            # The caller gave up (shutdown, the fence ended): kill the agent
+            # and let the cancellation go on; it is not a device result.
+            await self._end_group(proc)
+            raise
         # The agent is done; nothing it started may outlive it. Its group id
         # cannot be reused while a member lives, and with none left there is
         # nothing to kill (and the number might belong to someone else).
@@ -177,6 +188,11 @@ class StockAgent(FenceAgent):
         rc = proc.returncode
         assert rc is not None
         return rc, self._redact(out.decode(errors="replace")).strip(), self._redact(err.decode(errors="replace")).strip()
+
+    async def _end_group(self, proc: asyncio.subprocess.Process) -> None:
+        self._kill_group(proc.pid)
+        with contextlib.suppress(ProcessLookupError):
+            await asyncio.shield(proc.wait())
 
     @staticmethod
     def _kill_group(pgid: int) -> None:

@@ -152,7 +152,8 @@ class SelfFenceGuard:
                                       "load its driver with nowayout=1")
             if not opts & WDIOF_SETTIMEOUT:
                 raise WatchdogRefused(f"watchdog {ident!r} cannot set its timeout")
-            actual = self.driver.set_timeout(math.ceil(self.timeout))
+            # Whole seconds at or below the configured timeout: the node resets no later than configured.
+            actual = self.driver.set_timeout(math.floor(self.timeout))
             if actual > self.timeout:
                 raise WatchdogRefused(f"watchdog {ident!r} chose a timeout of {actual}s, above the configured {self.timeout:g}s")
             if actual <= self.restart_allowance:

@@ -39,8 +39,23 @@ def test_every_device_type_is_built_with_its_secret(tmp_path: Path) -> None:
     pdu = levels[1][0]
     assert isinstance(pdu, StockAgent) and pdu.params.secrets["password"].reveal() == b"pdu-secret" and pdu.params.nodename == cfg.cluster.peer
     assert isinstance(levels[2][0], ManualAgent)
-    assert peer_level1_budget(levels) == 20 + 30
+    assert peer_level1_budget(levels) == 20 + 12
     shown = repr(bmc.params) + repr(rf.params) + repr(pdu.params)
     assert not any(s in shown for s in ("bmc-secret", "rf-secret", "pdu-secret"))
     assert not identity_book(cfg, levels).trusted("bmc", PEER_UUID)
     assert build_watchdog(cfg, lambda: True) is None
+
+
+def test_a_default_power_device_keeps_clevervm_check_quiet(tmp_path: Path) -> None:
+    """One IPMI or Redfish device at its default timeout in level 1, the default
+    priority_delay and heartbeat timings: no fence-race warning."""
+    from clever_cluster.fencing.monitor import priority_delay_warning
+
+    node1, _ = configgen.write_pair(tmp_path / "lab")
+    table = cfgmod.tomllib.loads(node1.read_text())
+    for dev in ({"type": "ipmi", "name": "bmc", "host": "10.0.9.2", "username": "fence", "password": "x"},
+                {"type": "redfish", "name": "rf", "url": "https://10.0.9.2", "username": "fence", "password": "x"}):
+        table["fencing"] = {"level": [{"device": [dev]}]}
+        cfg = cfgmod.from_table(table, node1)
+        detection = cfg.heartbeat.timeout + cfg.heartbeat.interval
+        assert priority_delay_warning(cfg.fencing.priority_delay, peer_level1_budget(build_levels(cfg)), detection) is None
