@@ -18,6 +18,7 @@ import select
 import socket
 import struct
 import time
+from collections.abc import Callable
 
 ETH_P_ARP = 0x0806
 ETH_P_IP = 0x0800
@@ -78,26 +79,36 @@ def probe(ifname: str, mac: str, address: ipaddress.IPv4Address, timeout: float,
     """
     own = mac_bytes(mac)
     ip = address.packed
-    request = frame(OP_REQUEST, own, ZERO_IP, ip)
+
+    def answer(data: bytes) -> str | None:
+        pkt = parse(data)
+        return mac_text(pkt.sender_mac) if pkt is not None and pkt.sender_ip == ip and pkt.sender_mac != own else None
+
     with open_socket(ifname) as s:
-        start = time.monotonic()
-        deadline = start + timeout
-        next_probe, sent = start, 0
-        while True:
-            now = time.monotonic()
-            if sent < probes and now >= next_probe:
-                s.send(request)
-                sent += 1
-                next_probe = start + timeout * sent / probes
-            if now >= deadline:
-                return None
-            wait = min(deadline, next_probe if sent < probes else deadline) - now
-            ready, _, _ = select.select([s], [], [], max(0.0, wait))
-            if not ready:
-                continue
-            data, addr = s.recvfrom(2048)
-            if addr[2] == PACKET_OUTGOING:
-                continue
-            pkt = parse(data)
-            if pkt is not None and pkt.sender_ip == ip and pkt.sender_mac != own:
-                return mac_text(pkt.sender_mac)
+        return ask(s, frame(OP_REQUEST, own, ZERO_IP, ip), answer, timeout, probes)
+
+
+def ask(s: socket.socket, request: bytes, answer: Callable[[bytes], str | None], timeout: float, probes: int) -> str | None:
+    """Send ``request`` ``probes`` times, spread over ``timeout`` seconds, on the packet socket ``s``;
+    the first incoming frame that ``answer`` recognises gives the result, or None when none came."""
+    start = time.monotonic()
+    deadline = start + timeout
+    next_probe, sent = start, 0
+    while True:
+        now = time.monotonic()
+        if sent < probes and now >= next_probe:
+            s.send(request)
+            sent += 1
+            next_probe = start + timeout * sent / probes
+        if now >= deadline:
+            return None
+        wait = min(deadline, next_probe if sent < probes else deadline) - now
+        ready, _, _ = select.select([s], [], [], max(0.0, wait))
+        if not ready:
+            continue
+        data, addr = s.recvfrom(2048)
+        if addr[2] == PACKET_OUTGOING:
+            continue
+        found = answer(data)
+        if found is not None:
+            return found

@@ -30,7 +30,13 @@ class DrbdControl(Protocol):
     """
 
     async def promote(self) -> None:
-        """``drbdadm primary RESOURCE`` (never ``--force``)."""
+        """``drbdadm primary RESOURCE`` (never ``--force``).
+
+        The step checks the gate right before calling this, so the command
+        must be started before the first ``await`` that can yield (no lock,
+        queue or thread pool in front of it), or a promotion could run after
+        its gate went stale (S1).
+        """
 
     async def demote(self) -> None:
         """``drbdadm secondary RESOURCE``."""

@@ -13,7 +13,9 @@ Invariants:
   it or inside it is reported, never unmounted; no lazy unmount.
 - Processes using the mount are ended (TERM, then KILL after
   ``kill_grace``) only when ``force_unmount`` is on; otherwise a busy mount
-  is a failure that names them.
+  is a failure that names them. Nobody is ended while the device is also
+  mounted elsewhere (users are found by device number, which cannot tell
+  the two mounts apart).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class MountState:
     mounted: bool  # our device is the top-most mount at the mountpoint
     ours: MountEntry | None  # our device's mount at the mountpoint, even if covered
     top: MountEntry | None  # whatever is mounted on top at the mountpoint
-    inside: tuple[str, ...]  # mounts below the mountpoint (they keep it busy)
+    inside: tuple[str, ...]  # mounts on our mount, below the mountpoint (they keep it busy; one it hides does not)
     elsewhere: tuple[str, ...]  # other mountpoints of our device
 
 
@@ -110,7 +112,9 @@ class Filesystem:
         here = [e for e in entries if e.mountpoint == mp]
         ours = next((e for e in reversed(here) if e.dev == dev), None)
         top = here[-1] if here else None
-        inside = tuple(e.mountpoint for e in entries if e.mountpoint.startswith(mp.rstrip("/") + "/"))
+        below = _descendants(entries, ours.mount_id) if ours is not None else set()
+        inside = tuple(e.mountpoint for e in entries
+                       if e.mount_id in below and e.mountpoint.startswith(mp.rstrip("/") + "/"))
         elsewhere = tuple(e.mountpoint for e in entries if e.dev == dev and e.mountpoint != mp)
         return MountState(mounted=top is not None and top is ours, ours=ours, top=top, inside=inside, elsewhere=elsewhere)
 
@@ -175,6 +179,10 @@ class Filesystem:
             raise ResourceError(f"{', '.join(st.inside)} mounted inside {self.mountpoint} keeps it busy; clever-cluster does not unmount it")
         r = await run_command(["umount", str(self.mountpoint)], self.cfg.unmount_timeout)
         if r.rc != 0:
+            # Users are found by device number, which cannot tell our mount from another mount of the
+            # device; with one, ending them could hit processes that use only that one, and DRBD could
+            # not be demoted anyway.
+            self._check_elsewhere(st)
             users = await asyncio.to_thread(find_users, st.ours.dev)
             if not users:
                 raise ResourceError(f"unmounting {self.mountpoint} failed: {r.why()}")
@@ -223,3 +231,16 @@ class Filesystem:
             if loop.time() >= deadline:
                 return False
             await asyncio.sleep(0.05)
+
+
+def _descendants(entries: list[MountEntry], root: int) -> set[int]:
+    """Mount ids of every mount made on ``root`` or, in turn, on those (by parent id, not by path)."""
+    ids, changed = {root}, True
+    while changed:
+        changed = False
+        for e in entries:
+            if e.parent_id in ids and e.mount_id not in ids:
+                ids.add(e.mount_id)
+                changed = True
+    ids.discard(root)
+    return ids

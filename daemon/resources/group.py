@@ -284,14 +284,16 @@ class GroupExecutor:
             if token is not None and (reason := self._validate(token)) is not None:
                 run.phase(step.name, action, t0, "stale", ctx.detail(reason), attempts=attempt - 1)
                 return _Result.STALE, reason
+            budget = 0.0
             try:
-                async with asyncio.timeout(step.stop_budget()):
+                budget = step.stop_budget()
+                async with asyncio.timeout(budget):
                     await step.stop(ctx)
             except GateStale as e:
                 run.phase(step.name, action, t0, "stale", ctx.detail(str(e)), attempts=attempt)
                 return _Result.STALE, str(e)
             except Exception as e:  # noqa: BLE001 - reported, retried
-                msg = self._failure_text(step.name, "stop", step.stop_budget(), e)
+                msg = self._failure_text(step.name, "stop", budget, e)
                 log.warning("%s of %s failed (attempt %d of %d): %s", action, step.name, attempt, attempts, msg)
                 if attempt < attempts:
                     await asyncio.sleep(self._retry_delay)

@@ -10,12 +10,16 @@ step first makes sure nobody else holds the address, and fails with a clear
 message if somebody does (the old node may not be off after all): IPv4 sends
 ARP probes and waits ``ip.conflict_timeout`` for an answer from another MAC;
 IPv6 adds the address with the kernel's duplicate address detection and
-waits for its verdict (about one to two seconds with the kernel's defaults).
+waits for its verdict (about one to two seconds with the kernel's defaults);
+on an interface without it (accept_dad=0, dad_transmits=0) it sends
+neighbour solicitations for the address and waits as for IPv4.
 Otherwise IPv6 addresses are added without DAD, so they are usable at once.
 
 Invariants: presence is read from netlink, never assumed; the address is
 added only right after a gate check; only the exact configured
-address/prefix is ever removed. Blocking netlink and packet I/O runs in
+address/prefix is ever removed, and a stop does not succeed while the same
+address is still on this node another way (another prefix or interface,
+added by hand), since the node would go on answering for it. Blocking netlink and packet I/O runs in
 worker threads (opened in the daemon's network namespace).
 """
 
@@ -25,6 +29,8 @@ import asyncio
 import dataclasses
 import errno
 import ipaddress
+import socket
+from pathlib import Path
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -136,24 +142,42 @@ class FloatingIp:
             await asyncio.to_thread(self._change, "del", st.index)
         req = ctx.start
         check = req is not None and req.takeover == "failover" and self.cfg.conflict_check
+        dad = check and self.address.version == 6 and await asyncio.to_thread(self._does_dad)
         if check and self.address.version == 4:
             assert isinstance(self.address.ip, ipaddress.IPv4Address)
             other = await asyncio.to_thread(arp.probe, self.cfg.interface, st.mac, self.address.ip, self.cfg.conflict_timeout)
             if other is not None:
                 raise ResourceError(self._conflict(f"still answers ARP from {other}"))
             ctx.note(f"no answer to the conflict probe within {self.cfg.conflict_timeout:g} s")
+        elif check and not dad:  # IPv6 on an interface without DAD: ask for the address ourselves
+            assert isinstance(self.address.ip, ipaddress.IPv6Address)
+            other = await asyncio.to_thread(ndp.probe, self.cfg.interface, st.mac, self.address.ip, self.cfg.conflict_timeout)
+            if other is not None:
+                raise ResourceError(self._conflict(f"still answers neighbour solicitations from {other}"))
+            ctx.note(f"no answer to the conflict probe within {self.cfg.conflict_timeout:g} s "
+                     f"({self.cfg.interface} does no duplicate address detection)")
         ctx.check_gate()
-        await asyncio.to_thread(self._change, "add", st.index, check)
+        await asyncio.to_thread(self._change, "add", st.index, dad)
         st = await asyncio.to_thread(self.read_state)
         if not st.present:
             raise ResourceError(f"{self.address} is not on {self.cfg.interface} after adding it")
-        if check and self.address.version == 6:
+        if dad:
             await self._await_dad(ctx)
         ctx.note(f"added {self.address} on {self.cfg.interface}")
         if self.cfg.arp_count:
             sent = await self._announce(st)
             kind = "gratuitous ARP" if self.address.version == 4 else "neighbour advertisements"
             ctx.note(f"{sent} {kind} sent")
+
+    def _does_dad(self) -> bool:
+        """Whether the kernel runs duplicate address detection on the interface (blocking: reads sysctls)."""
+        def conf(iface: str, key: str) -> int:
+            try:
+                return int(Path(f"/proc/sys/net/ipv6/conf/{iface}/{key}").read_text())
+            except (OSError, ValueError):
+                return 0
+        accept = max(conf("all", "accept_dad"), conf(self.cfg.interface, "accept_dad"))
+        return accept >= 1 and conf(self.cfg.interface, "dad_transmits") >= 1
 
     def _conflict(self, how: str) -> str:
         return (f"{self.address.ip} {how} on {self.cfg.interface}: another host holds it "
@@ -203,14 +227,37 @@ class FloatingIp:
 
     async def stop(self, ctx: StepContext) -> None:
         try:
-            st = await asyncio.to_thread(self.read_state)
+            st: IpState | None = await asyncio.to_thread(self.read_state)
         except InterfaceMissing as e:
             ctx.note(f"{e}, so {self.address} is not held")  # a vanished interface took the address with it
-            return
-        if not st.present:
+            st = None
+        if st is not None and st.present:
+            await asyncio.to_thread(self._change, "del", st.index)
+            if await asyncio.to_thread(self.present):
+                raise ResourceError(f"{self.address} is still on {self.cfg.interface} after removing it")
+            ctx.note(f"removed {self.address} from {self.cfg.interface}")
+        elif st is not None:
             ctx.note(f"{self.address} not on {self.cfg.interface}")
-            return
-        await asyncio.to_thread(self._change, "del", st.index)
-        if await asyncio.to_thread(self.present):
-            raise ResourceError(f"{self.address} is still on {self.cfg.interface} after removing it")
-        ctx.note(f"removed {self.address} from {self.cfg.interface}")
+        # Only ours is removed; the same address held any other way still makes this node answer for it.
+        others = await asyncio.to_thread(self.held_otherwise)
+        if others:
+            raise ResourceError(f"{', '.join(others)} (not by clever-cluster); this node still answers for "
+                                f"{self.address.ip}: remove it by hand")
+
+    def held_otherwise(self) -> list[str]:
+        """The floating address on this node other than as configured (another prefix or interface), blocking."""
+        family = socket.AF_INET if self.address.version == 4 else socket.AF_INET6
+        try:
+            with IPRoute() as ipr:
+                names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+                found = []
+                for a in ipr.get_addr(family=family):
+                    addr = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
+                    if ipaddress.ip_address(addr) != self.address.ip:
+                        continue
+                    if names.get(a["index"]) == self.cfg.interface and a["prefixlen"] == self.address.network.prefixlen:
+                        continue  # ours
+                    found.append(f"{self.address.ip}/{a['prefixlen']} is also on {names.get(a['index'], a['index'])}")
+        except NetlinkError as e:
+            raise ResourceError(f"netlink error listing the addresses: {e}") from e
+        return found

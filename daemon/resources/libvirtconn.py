@@ -7,10 +7,15 @@ and are handed to the asyncio loop with ``call_soon_threadsafe``.
 
 Invariants:
 - A lost connection (close callback, or a failed call on a connection that
-  is no longer alive) is dropped and reopened with exponential backoff;
+  is no longer alive) is dropped, its callbacks deregistered so that it is
+  really freed (socket, eventfd), and reopened with exponential backoff;
   meanwhile :attr:`LibvirtClient.connected` is False and every call raises
   :class:`LibvirtUnavailable` (callers report "unknown"; nothing crashes).
 - Callbacks run on the event loop, never on libvirt's threads.
+- A gated call (``call(fn, gate=...)``, the S1 actions) is never queued: it
+  waits on the event loop until a worker is free (calls abandoned by a
+  deadline keep theirs), then checks its gate and hands the job to that
+  worker with nothing in between, so libvirt starts it right after the check.
 """
 
 from __future__ import annotations
@@ -74,12 +79,15 @@ class LibvirtClient:
         self._opener: Opener = opener or libvirt.open
         self._workers = workers
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="libvirt")
-        self._in_flight: set[Future[Any]] = set()
+        self._in_flight: set[Future[Any]] = set()  # call() jobs, waited for by drain()
+        self._upkeep: set[Future[Any]] = set()  # open, liveness checks, close: they hold workers too
         self._in_flight_lock = threading.Lock()  # done-callbacks run on the pool's threads
+        self._freed = asyncio.Event()  # a worker became free
         self._backoff_min, self._backoff_max = backoff_min, backoff_max
         self.on_event = on_event
         self.on_change = on_change
         self._conn: Any = None
+        self._event_id = -1  # the lifecycle callback registered on _conn
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -102,8 +110,7 @@ class LibvirtClient:
                 await self._task
         conn, self._conn = self._conn, None
         if conn is not None:
-            with contextlib.suppress(libvirt.libvirtError):
-                await asyncio.get_running_loop().run_in_executor(self._pool, conn.close)
+            await asyncio.wrap_future(self._submit(self._upkeep, _dispose, conn, self._event_id))
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     @property
@@ -122,32 +129,57 @@ class LibvirtClient:
     def workers(self) -> int:
         return self._workers
 
-    async def call(self, fn: Callable[[Any], T]) -> T:
+    async def call(self, fn: Callable[[Any], T], *, gate: Callable[[], None] | None = None) -> T:
         """Run ``fn(connection)`` in the libvirt thread pool. libvirtError passes through unless the connection broke.
 
-        The job is submitted before this coroutine first yields. If the caller
-        is cancelled (a deadline), a job not started yet never starts; one
-        already running finishes in its thread, and :meth:`drain` waits for it.
+        The job is submitted before this coroutine first yields, or, with
+        ``gate``, as soon as a worker is free: then ``gate()`` runs first (it
+        raises to refuse, e.g. GateStale) and the job goes straight to that
+        worker. If the caller is cancelled (a deadline), a job not started
+        yet never starts; one already running finishes in its thread, and
+        :meth:`drain` waits for it.
         """
+        if gate is not None:
+            await self._free_worker()
+            gate()
         conn = self._conn
         if conn is None:
             raise LibvirtUnavailable(f"libvirt ({self.uri}) is not connected: {self.last_error}")
-        loop = asyncio.get_running_loop()
-        job = self._pool.submit(fn, conn)
-        with self._in_flight_lock:
-            self._in_flight.add(job)
-        job.add_done_callback(self._job_done)
+        job = self._submit(self._in_flight, fn, conn)
         try:
             return await asyncio.wrap_future(job)
         except libvirt.libvirtError as e:
-            if not await loop.run_in_executor(self._pool, _alive, conn):
+            if not await asyncio.wrap_future(self._submit(self._upkeep, _alive, conn)):
                 self._lost(conn, str(e))
                 raise LibvirtUnavailable(f"libvirt ({self.uri}) connection lost: {e}") from e
             raise
 
-    def _job_done(self, job: Future[Any]) -> None:
+    def _submit(self, kind: set[Future[Any]], fn: Callable[..., T], *args: Any) -> Future[T]:
+        job = self._pool.submit(fn, *args)
         with self._in_flight_lock:
-            self._in_flight.discard(job)
+            kind.add(job)
+        job.add_done_callback(lambda j: self._job_done(kind, j))
+        return job
+
+    def _job_done(self, kind: set[Future[Any]], job: Future[Any]) -> None:
+        with self._in_flight_lock:
+            kind.discard(job)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed in between
+                loop.call_soon_threadsafe(self._freed.set)
+
+    def _busy(self) -> int:
+        with self._in_flight_lock:
+            return len(self._in_flight) + len(self._upkeep)
+
+    async def _free_worker(self) -> None:
+        """Return (without yielding after the last check) once a worker is free for a new job."""
+        while self._busy() >= self._workers:
+            self._freed.clear()
+            if self._busy() < self._workers:
+                return  # freed between the check and the clear
+            await self._freed.wait()
 
     async def drain(self, timeout: float) -> bool:
         """Wait until no libvirt call is running (calls abandoned by a deadline included); False on timeout."""
@@ -162,20 +194,19 @@ class LibvirtClient:
     # ------------------------------------------------------------------ connection upkeep
 
     async def _maintain(self) -> None:
-        loop = asyncio.get_running_loop()
         delay = self._backoff_min
         while True:
             if self._conn is None:
                 self._gen += 1
                 try:
-                    conn = await loop.run_in_executor(self._pool, self._open, self._gen)
+                    conn, event_id = await asyncio.wrap_future(self._submit(self._upkeep, self._open, self._gen))
                 except libvirt.libvirtError as e:
                     self.last_error = str(e)
                     log.warning("cannot connect to libvirt at %s (retry in %g s): %s", self.uri, delay, e)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self._backoff_max)
                     continue
-                self._conn, self.last_error = conn, None
+                self._conn, self._event_id, self.last_error = conn, event_id, None
                 self.reconnects += 1
                 delay = self._backoff_min
                 self._connected_evt.set()
@@ -184,14 +215,18 @@ class LibvirtClient:
             self._wake.clear()
             await self._wake.wait()
 
-    def _open(self, gen: int) -> Any:
+    def _open(self, gen: int) -> tuple[Any, int]:
         conn = self._opener(self.uri)
         with contextlib.suppress(libvirt.libvirtError):
             conn.setKeepAlive(5, 3)
         with contextlib.suppress(libvirt.libvirtError):
             conn.registerCloseCallback(self._closed_cb, gen)
-        conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._event_cb, None)
-        return conn
+        try:
+            event_id = conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._event_cb, None)
+        except libvirt.libvirtError:
+            _dispose(conn, -1)
+            raise
+        return conn, int(event_id)
 
     def _lost(self, conn: Any, why: str) -> None:
         """On the loop: forget a broken connection and wake the reconnect task."""
@@ -201,7 +236,7 @@ class LibvirtClient:
         self._connected_evt.clear()
         log.warning("lost the libvirt connection to %s: %s; VM states are unknown until it is back", self.uri, why)
         with contextlib.suppress(RuntimeError):  # the pool is already shut down
-            self._pool.submit(conn.close)
+            self._submit(self._upkeep, _dispose, conn, self._event_id)
         self._wake.set()
         self._changed()
 
@@ -235,3 +270,14 @@ def _alive(conn: Any) -> bool:
         return bool(conn.isAlive())
     except libvirt.libvirtError:
         return False
+
+
+def _dispose(conn: Any, event_id: int) -> None:
+    """Close a connection for good. Its callbacks hold references to it: while they are registered,
+    close() leaves it (its socket, its wakeup eventfd) alive, one leak per reconnect."""
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.domainEventDeregisterAny(event_id)
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.unregisterCloseCallback()
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.close()

@@ -10,15 +10,19 @@
   never hit.
 
 Invariants: this module never signals PID 1 or its own process, and never
-signals a process it did not just see using the filesystem.
+signals a process it did not just see using the filesystem. Looking at a
+process never waits for the filesystems it uses (device numbers come from
+the kernel's cache, so an unrelated hung network mount cannot hang it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import os
 import signal
+import struct
 from pathlib import Path
 
 PROC = Path("/proc")
@@ -91,16 +95,40 @@ class MountUser:
         return f"{self.comm}[{self.pid}] ({self.how})"
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_AT_FDCWD = -100
+_AT_STATX_DONT_SYNC = 0x4000
+_STX_DEV = struct.Struct("<II")  # stx_dev_major, stx_dev_minor
+_STX_DEV_OFFSET = 136
+_STATX_SIZE = 256
+
+
+def _dev_of(path: str) -> int:
+    """``st_dev`` of what a /proc link points to, from what the kernel has cached.
+
+    A plain stat asks the target's filesystem for fresh attributes: a process
+    with a file open on a network filesystem whose server died would hang the
+    search. statx with AT_STATX_DONT_SYNC never waits for it (the device
+    number belongs to the mount, not to the attributes).
+    """
+    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    if _libc.statx(_AT_FDCWD, os.fsencode(path), _AT_STATX_DONT_SYNC, 0, buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    major, minor = _STX_DEV.unpack_from(buf, _STX_DEV_OFFSET)
+    return os.makedev(major, minor)
+
+
 def _uses(pid_dir: Path, dev: int) -> str | None:
     """How the process uses the filesystem ``dev``, or None. Raises OSError when the process is gone."""
     for link in ("cwd", "root", "exe"):
         with contextlib.suppress(FileNotFoundError, PermissionError):
-            if os.stat(pid_dir / link).st_dev == dev:
+            if _dev_of(str(pid_dir / link)) == dev:
                 return link
     with contextlib.suppress(FileNotFoundError, PermissionError):
         for fd in os.scandir(pid_dir / "fd"):
             with contextlib.suppress(FileNotFoundError, PermissionError):
-                if os.stat(fd.path).st_dev == dev:
+                if _dev_of(fd.path) == dev:
                     return "open file"
     want = f"{os.major(dev):02x}:{os.minor(dev):02x}"
     with contextlib.suppress(FileNotFoundError, PermissionError):

@@ -28,7 +28,9 @@ from .libvirtconn import LibvirtClient, LibvirtUnavailable
 log = logsetup.get("daemon.resources.vms")
 
 STATE_NAMES = {0: "nostate", 1: "running", 2: "blocked", 3: "paused", 4: "shutdown", 5: "shutoff", 6: "crashed", 7: "pmsuspended"}
-STOPPED = frozenset({"shutoff", "crashed", "missing"})  # no QEMU process: nothing to stop
+# No QEMU process: nothing to stop. "crashed" is not among them: libvirt keeps a domain that crashed
+# with on_crash=preserve active, its QEMU process paused with the disks open, until it is destroyed.
+STOPPED = frozenset({"shutoff", "missing"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +41,8 @@ class VmInfo:
 
     @property
     def active(self) -> bool:
-        return self.state not in STOPPED and self.state != "unknown"
+        """Running (or paused, ...): a crashed domain is not, although it must still be stopped."""
+        return self.state not in STOPPED and self.state not in ("crashed", "unknown")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +110,10 @@ class VmMonitor:
     async def run(self) -> None:
         while True:
             self._kick.clear()
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:  # a bug: logged, and the facts keep coming (a dead monitor would freeze them)
+                log.exception("observing the VMs failed")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.cfg.poll_interval):
                     await self._kick.wait()

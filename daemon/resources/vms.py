@@ -15,8 +15,10 @@ fails); ``shutdown`` shuts down, then destroys after ``vms.shutdown_timeout``;
 (including when libvirt is unreachable), so DRBD is never demoted under a
 running VM.
 
-Invariants: a domain is started or restored only right after a gate check;
-per domain, one operation at a time (starts, stops and the monitor's image
+Invariants: a domain is started, resumed or restored only right after a gate
+check, and libvirt begins the call at once (it is handed to a free worker of
+the client, never queued behind calls a deadline abandoned); per domain, one
+operation at a time (starts, stops and the monitor's image
 invalidation share a lock); libvirt calls run in the client's threads.
 """
 
@@ -43,6 +45,7 @@ log = logsetup.get("daemon.resources.vms")
 
 DESTROY_TIMEOUT = 60.0
 POLL = 0.1
+SAVE_DIR_WAIT = 5.0  # how long the monitor's hook waits for save_dir to answer
 
 
 def disk_files(domain_xml: str) -> list[str]:
@@ -63,6 +66,7 @@ class VmStep:
         self.cfg, self.client, self.images = cfg, client, images
         self._wall = wall
         self._locks: dict[str, asyncio.Lock] = {}
+        self._scan: asyncio.Future[list[str]] | None = None  # the monitor hook's look at save_dir
         self._known = max(1, len(cfg.domains))
 
     def _waves(self) -> int:
@@ -93,8 +97,8 @@ class VmStep:
             return VmInfo(name, STATE_NAMES.get(state, "nostate"), reason)
         return await self.client.call(read)
 
-    async def _dom(self, name: str, method: str, *args: Any) -> Any:
-        return await self.client.call(lambda c: getattr(c.lookupByName(name), method)(*args))
+    async def _dom(self, name: str, method: str, *args: Any, gate: Callable[[], None] | None = None) -> Any:
+        return await self.client.call(lambda c: getattr(c.lookupByName(name), method)(*args), gate=gate)
 
     # ------------------------------------------------------------------ start
 
@@ -144,7 +148,7 @@ class VmStep:
                     ctx.note(f"{name}: its unused save image was set aside")
                 if vm.state == "paused":
                     ctx.check_gate()
-                    await self._dom(name, "resume")
+                    await self._dom(name, "resume", gate=ctx.check_gate)
                     return "resumed (was paused)"
                 return "already running"
             info = await asyncio.to_thread(self.images.find, name)
@@ -161,7 +165,7 @@ class VmStep:
                 ctx.check_gate()
                 try:
                     async with asyncio.timeout(self.cfg.start_timeout):
-                        await self.client.call(lambda c: c.restore(str(consumed)))
+                        await self.client.call(lambda c: c.restore(str(consumed)), gate=ctx.check_gate)
                 except TimeoutError:
                     # Still running in libvirt: a cold boot now would race it. Report; the monitor shows the outcome.
                     raise ResourceError(f"restoring {name} did not finish within {self.cfg.start_timeout:g} s "
@@ -215,7 +219,7 @@ class VmStep:
         ctx.check_gate()
         try:
             async with asyncio.timeout(self.cfg.start_timeout):
-                await self._dom(name, "create")
+                await self._dom(name, "create", gate=ctx.check_gate)
         except TimeoutError:
             raise ResourceError(f"{name} did not start within {self.cfg.start_timeout:g} s") from None
         except libvirt.libvirtError as e:
@@ -279,11 +283,13 @@ class VmStep:
 
     async def _save(self, name: str, image: ImageToken) -> str | None:
         try:
-            tmp = await asyncio.to_thread(self.images.prepare, name)
-        except ResourceError as e:
-            return f"refused: {e}"
-        try:
+            # One deadline for clearing save_dir and libvirt's save: a save_dir that stops answering
+            # ends in the shutdown fallback, not in the step's deadline with the VM still running.
             async with asyncio.timeout(self.cfg.save_timeout):
+                try:
+                    tmp = await asyncio.to_thread(self.images.prepare, name)
+                except (ResourceError, OSError) as e:  # OSError: save_dir unwritable (ext4 gone read-only)
+                    return f"refused: {e}"
                 await self._dom(name, "save", str(tmp))
         except TimeoutError:
             return f"did not finish within {self.cfg.save_timeout:g} s"
@@ -333,16 +339,37 @@ class VmStep:
         never be restored.
         """
         self._known = max(1, len(vms))
-        for vm in vms:
-            if not vm.active or not self.images.image(vm.name).exists():
-                continue  # the exact checks come below; this only spares libvirt calls
-            lock = self._lock(vm.name)
+        running = [vm.name for vm in vms if vm.active]
+        if not running:
+            return
+        # save_dir is looked at in a thread, and not waited for long: a filesystem that stops answering
+        # (a dead network mount, DRBD's I/O freeze during a fence) must block neither the event loop nor
+        # the monitor. One look at a time, so a hung one does not pile up threads.
+        if self._scan is not None and not self._scan.done():
+            return
+        self._scan = scan = asyncio.ensure_future(asyncio.to_thread(self._with_image, running))
+        scan.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved even when not waited for
+        try:
+            async with asyncio.timeout(SAVE_DIR_WAIT):
+                with_image = await asyncio.shield(scan)
+        except (TimeoutError, OSError) as e:
+            log.warning("cannot look for save images in %s (%s); tried again at the next observation",
+                        self.images.save_dir, "no answer" if isinstance(e, TimeoutError) else e)
+            return
+        for name in with_image:  # the exact checks come below; the look only spares libvirt calls
+            lock = self._lock(name)
             if lock.locked():
                 continue
             async with lock:
                 try:
-                    if not (await self._state(vm.name)).active:
+                    if not (await self._state(name)).active:
                         continue
-                    await asyncio.to_thread(self.images.invalidate, vm.name, "the domain ran from its disk after the image was written")
+                    await asyncio.to_thread(self.images.invalidate, name, "the domain ran from its disk after the image was written")
                 except (ResourceError, libvirt.libvirtError):
                     continue  # the filesystem is not mounted here, or libvirt went away: nothing to set aside
+                except OSError as e:  # read-only or failing save_dir: tried again at the next observation
+                    log.warning("cannot set aside the save image of %s, which runs: %s", name, e)
+
+    def _with_image(self, names: list[str]) -> list[str]:
+        """Blocking: which of ``names`` have an unconsumed image in save_dir."""
+        return [n for n in names if self.images.image(n).exists()]

@@ -1,15 +1,20 @@
 """Small in-test parts for the resource tests: a DRBD stand-in for the DrbdControl
 contract (the real adapter is tested against the DRBD simulator by its own
 issue), recording steps with injectable faults, a settable gate, a fake clock,
-and thin proxies that inject faults into real libvirt connections."""
+thin proxies that inject faults into real libvirt connections, and a filesystem that hangs."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import os
+import struct
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Hashable
+from pathlib import Path
 from typing import Any
 
 from clever_cluster.daemon.resources.base import ResourceError, StepContext
@@ -121,6 +126,13 @@ class ConnProxy:
     def lookupByName(self, name: str) -> Any:
         return DomProxy(self._conn.lookupByName(name), self._faults)
 
+    def listAllDomains(self, flags: int = 0) -> Any:
+        hold = self._faults.hold_list
+        if hold is not None:
+            self._faults.list_held.set()
+            hold.wait(30)
+        return self._conn.listAllDomains(flags)
+
     def restore(self, path: str) -> int:
         if self._faults.slow_restore:
             time.sleep(self._faults.slow_restore)
@@ -142,6 +154,9 @@ class DomProxy:
                 delay = self._faults.slow_create.get(name, 0.0)
                 if delay:
                     time.sleep(delay)
+                hold = self._faults.hold_create.get(name)
+                if hold is not None:
+                    hold.wait(30)  # a libvirt that is stuck on this domain, until the test lets it go
                 return int(self._dom.create())
             finally:
                 self._faults.finished.append(name)
@@ -163,6 +178,9 @@ class DomainFaults:
         self.started = 0
         self.ignore_shutdown: set[str] = set()
         self.slow_create: dict[str, float] = {}
+        self.hold_create: dict[str, threading.Event] = {}
+        self.hold_list: threading.Event | None = None  # listAllDomains waits for it while set
+        self.list_held = threading.Event()  # a listAllDomains call is waiting on hold_list
         self.slow_restore = 0.0
         self.entered: list[str] = []  # create() calls begun, by domain
         self.finished: list[str] = []  # ... and ended
@@ -205,3 +223,40 @@ async def until(predicate: Callable[[], object], timeout: float, what: str) -> N
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+# --------------------------------------------------------------------------- a filesystem that stops answering
+
+
+class HungFilesystem:
+    """A real FUSE mount whose server answers the kernel's INIT and then nothing: every lookup in it
+    blocks (as on a network filesystem whose server died) until :meth:`release` aborts the
+    connection, after which calls fail with ENOTCONN. No FUSE library: /dev/fuse and mount(8)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.pending = threading.Event()  # a request is waiting for an answer that never comes
+        self.released = False
+        self._fd = os.open("/dev/fuse", os.O_RDWR)
+        opts = f"fd={self._fd},rootmode=40000,user_id=0,group_id=0"
+        subprocess.run(["mount", "-t", "fuse", "-o", opts, "hung", str(path)], pass_fds=(self._fd,), check=True)
+        threading.Thread(target=self._serve, name="hung-fuse", daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            buf = os.read(self._fd, (1 << 20) + 4096)
+            unique = struct.unpack_from("<IIQ", buf)[2]  # len, opcode (FUSE_INIT), unique
+            # fuse_init_out: protocol 7.31, max_background 16, congestion 12, max_write 4096, time_gran 1, max_pages 1
+            body = struct.pack("<IIIIHHIIHHI28x", 7, 31, 0, 0, 16, 12, 4096, 1, 1, 0, 0)
+            os.write(self._fd, struct.pack("<IiQ", 16 + len(body), 0, unique) + body)
+            os.read(self._fd, (1 << 20) + 4096)  # the first real request: never answered
+            self.pending.set()
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            os.close(self._fd)  # aborts the connection: blocked calls return ENOTCONN
+
+    def close(self) -> None:
+        self.release()
+        subprocess.run(["umount", str(self.path)], check=False)

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,7 +20,7 @@ from clever_cluster.daemon.resources.drbd import DrbdStep
 from clever_cluster.daemon.resources.group import GroupExecutor
 from clever_cluster.daemon.resources.mounts import parse_mountinfo
 from tests.resources.conftest import Ext4
-from tests.resources.helpers import Gate, SimDrbd
+from tests.resources.helpers import Gate, HungFilesystem, SimDrbd
 
 pytestmark = pytest.mark.root
 T = TypeVar("T")
@@ -192,3 +193,88 @@ def test_admin_intent_copy_only_on_the_mounted_filesystem(ext4: Ext4) -> None:
         intent.read_intent_copy(fs)
     ext4.mount()
     assert intent.read_intent_copy(fs) == {"version": 4}
+
+
+def test_force_unmount_ends_nobody_while_the_device_is_also_mounted_elsewhere(ext4: Ext4, tmp_path: Path) -> None:
+    """Regression (red team): users were found by device number, so with the replicated device also
+    mounted elsewhere (a bind mount of one of its directories), a busy unmount sent TERM and KILL to
+    processes that used only that other mount; and the unmount could not free DRBD anyway."""
+    ctx = Ctx()
+    fs = ext4.filesystem(force_unmount=True, kill_grace=0.5)
+    run(fs.start(ctx))
+    (ext4.mountpoint / "iso").mkdir()
+    other = tmp_path / "isos"
+    other.mkdir()
+    subprocess.run(["mount", "--bind", str(ext4.mountpoint / "iso"), str(other)], check=True)
+    vm = subprocess.Popen(["sleep", "600"], cwd=ext4.mountpoint)  # keeps our mount busy
+    bystander = subprocess.Popen(["sleep", "600"], cwd=other)  # uses only the other mount
+    try:
+        with pytest.raises(ResourceError, match=rf"also mounted on {other}"):
+            run(fs.stop(ctx))
+        assert bystander.poll() is None, "a process that only used the other mount was signalled"
+        assert vm.poll() is None
+        assert fs.state().mounted
+    finally:
+        for p in (vm, bystander):
+            p.kill()
+            p.wait()
+        subprocess.run(["umount", str(other)], check=False)
+
+
+def test_a_mount_hidden_under_the_replicated_filesystem_does_not_block_its_unmount(ext4: Ext4) -> None:
+    """Regression (red team): something mounted at a path below the mountpoint *before* the
+    replicated filesystem was mounted over it (a leftover on the standby) is hidden, not inside it,
+    and does not keep it busy; it was taken for a mount inside, so every stop failed and the node
+    could never give its resources up."""
+    ctx = Ctx()
+    hidden = ext4.mountpoint / "save"
+    hidden.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(hidden)], check=True)
+    fs = ext4.filesystem()
+    run(fs.start(ctx))
+    assert fs.state().mounted and fs.state().inside == ()
+    run(fs.stop(ctx))
+    assert fs.state().ours is None
+    # A mount really inside it still stops the unmount.
+    run(fs.start(ctx))
+    (ext4.mountpoint / "sub").mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(ext4.mountpoint / "sub")], check=True)
+    assert fs.state().inside == (str(ext4.mountpoint / "sub"),)
+    with pytest.raises(ResourceError, match="mounted inside"):
+        run(fs.stop(ctx))
+
+
+def test_busy_unmount_is_not_hung_by_another_process_on_a_hung_filesystem(ext4: Ext4, tmp_path: Path) -> None:
+    """Regression (red team): finding the users of a busy mount stat'ed every open file of every
+    process; one process with a file open on an unrelated filesystem that stopped answering (a dead
+    NFS server) hung that search, and each retry left one more thread stuck in the default pool
+    until the daemon's worker threads ran out."""
+    nfs = tmp_path / "nfs"
+    nfs.mkdir()
+    hung = HungFilesystem(nfs)
+    code = (f"import os, time\nfd = os.open({str(nfs)!r}, os.O_PATH)\n"  # O_PATH: no request to the server
+            "print('ready', flush=True)\ntime.sleep(600)\n")
+    bystander = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    ctx = Ctx()
+    fs = ext4.filesystem(force_unmount=True, kill_grace=0.5, unmount_timeout=2.0)
+    run(fs.start(ctx))
+    vm = subprocess.Popen(["sleep", "600"], cwd=ext4.mountpoint)
+    safety = threading.Timer(30, hung.release)  # the test ends even if the search hangs
+    safety.start()
+    try:
+        assert bystander.stdout is not None and bystander.stdout.readline() == b"ready\n"
+
+        async def stop() -> None:
+            async with asyncio.timeout(20):
+                await fs.stop(ctx)
+
+        run(stop())
+        assert not hung.released, "the search for users waited for the hung filesystem"
+        assert vm.wait(5) == -signal.SIGTERM and bystander.poll() is None
+        assert fs.state().ours is None
+    finally:
+        safety.cancel()
+        for p in (vm, bystander):
+            p.kill()
+            p.wait()
+        hung.close()

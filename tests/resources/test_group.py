@@ -252,3 +252,21 @@ async def test_a_step_whose_budget_raises_is_not_run_and_the_rest_is_undone() ->
     assert rec.outcome == "rolled_back" and "internal error" in (rec.error or "")
     assert ("start", "ip") not in log and ("stop", "ip") not in log
     assert log[-2:] == [("stop", "filesystem"), ("demote", "drbd")] and ex.in_flight is None
+
+
+async def test_a_stop_step_whose_budget_raises_fails_the_stop_and_ends_its_record() -> None:
+    """Regression (red team): the failure text re-asked the step for its budget, so a budget that
+    raised escaped the stop: no outcome, the run left "in flight" for good, the exception thrown at
+    the caller instead of a stop_failed record."""
+    log: list[tuple[str, str]] = []
+    ex, drbd, fakes = _group(log)
+    await ex.start(START)
+
+    def broken() -> float:
+        raise ZeroDivisionError("vms.parallel is 0")
+
+    fakes["ip"].stop_budget = broken  # type: ignore[method-assign]
+    rec = await ex.stop(StopRequest(token=None))
+    assert rec.outcome == "stop_failed" and "internal error" in (rec.error or "")
+    assert rec.held == ("drbd", "filesystem", "ip") and ex.in_flight is None
+    assert drbd.current == "Primary"

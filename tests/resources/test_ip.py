@@ -171,3 +171,38 @@ def test_ipv6_takeover_refused_when_duplicate_address_detection_fails(lan: Lan) 
     ctx = Ctx("failover")
     run_in(lan.node, lambda: _ip6().start(ctx))
     assert "duplicate address detection passed" in ctx.notes
+
+
+@pytest.mark.parametrize("where", ["eth0", "lo"])
+def test_stop_does_not_report_success_while_the_node_still_answers_for_the_address(lan: Lan, where: str) -> None:
+    """Regression (red team): the address added by hand with another prefix (``ip addr add 10.77.0.50
+    dev eth0`` means /32), or on another interface (Linux answers ARP for any local address), was
+    left in place by the stop, which reported success: after a handover both nodes answered for it."""
+    lan.lab.run(lan.node, "ip", "link", "set", "dev", "lo", "up")
+    lan.lab.run(lan.node, "ip", "addr", "add", f"{FLOATING}/32", "dev", where)
+    ip, ctx = _ip(arp_count=0), Ctx("cold_start")
+    run_in(lan.node, lambda: ip.start(ctx))
+    with pytest.raises(ResourceError, match=rf"{FLOATING}/32 is also on {where}.*not by clever-cluster"):
+        run_in(lan.node, lambda: ip.stop(ctx))
+    assert not lan.has_addr(lan.node, f"{FLOATING}/24")  # ours is gone ...
+    assert lan.lab.reachable(lan.client, FLOATING)  # ... but the node still answers, and says so
+    lan.lab.run(lan.node, "ip", "addr", "del", f"{FLOATING}/32", "dev", where)
+    run_in(lan.node, lambda: ip.stop(ctx))
+    assert not lan.lab.reachable(lan.client, FLOATING)
+
+
+def test_ipv6_takeover_refused_while_another_host_answers_even_without_dad(lan: Lan) -> None:
+    """Regression (red team): with duplicate address detection off on the interface (accept_dad=0,
+    set by some distributions and cloud images), the kernel never checked the address, and the
+    step noted "duplicate address detection passed" and took it while the old holder still answered."""
+    lan.lab.run(lan.node, "sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0")
+    old_mac = lan.mac(lan.old)
+    lan.lab.run(lan.old, "ip", "addr", "add", f"{FLOATING6}/64", "dev", "eth0", "nodad")
+    with pytest.raises(ResourceError, match=rf"{FLOATING6} still answers neighbour solicitations from {old_mac} on eth0"):
+        run_in(lan.node, lambda: _ip6().start(Ctx("failover")))
+    assert FLOATING6 not in lan.lab.run(lan.node, "ip", "-6", "-o", "addr", "show", "dev", "eth0").stdout
+    lan.lab.run(lan.old, "ip", "addr", "del", f"{FLOATING6}/64", "dev", "eth0")
+    ctx = Ctx("failover")
+    run_in(lan.node, lambda: _ip6().start(ctx))
+    assert any("no answer to the conflict probe" in n for n in ctx.notes)
+    assert FLOATING6 in lan.lab.run(lan.node, "ip", "-6", "-o", "addr", "show", "dev", "eth0").stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import subprocess
 from pathlib import Path
 
@@ -58,6 +59,43 @@ async def test_lost_libvirt_connection_is_unknown_then_reconnected(tmp_path: Pat
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await client.close()
+
+
+def _fds() -> dict[str, str]:
+    out = {}
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            out[fd] = os.readlink(f"/proc/self/fd/{fd}")
+    return out
+
+
+async def test_reconnects_and_close_leak_no_file_descriptor(tmp_path: Path) -> None:
+    """Regression (red team): the lifecycle and close callbacks held references to each connection,
+    so closing it left its socket and wakeup eventfd open: one descriptor leaked per libvirtd
+    restart, and close() at shutdown left the live connection open."""
+    node_file = tmp_path / "node.xml"
+    write_node(node_file, [("plc1", RUNNING)])
+    with PrivateLibvirtd(tmp_path / "lv") as lvd:
+        warm_up = LibvirtClient(lvd.test_uri(node_file))  # libvirt keeps a few descriptors per process
+        await warm_up.start()
+        assert await warm_up.wait_connected(10), warm_up.last_error
+        await warm_up.close()
+        baseline = _fds()
+        client = LibvirtClient(lvd.test_uri(node_file), backoff_min=0.1, backoff_max=0.4)
+        try:
+            await client.start()
+            assert await client.wait_connected(10), client.last_error
+            connected = _fds()
+            for _ in range(3):  # libvirtd crashes and comes back
+                lvd.kill()
+                await until(lambda: not client.connected, 10, "the loss to be noticed")
+                lvd.start()
+                assert await client.wait_connected(15), client.last_error
+                assert await client.drain(10)
+            await until(lambda: len(_fds()) <= len(connected), 5, "the old connections' descriptors to be closed")
+        finally:
+            await client.close()
+        await until(lambda: len(_fds()) <= len(baseline), 5, "the last connection's descriptors to be closed")
 
 
 @pytest.mark.slow

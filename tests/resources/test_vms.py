@@ -25,11 +25,11 @@ from clever_cluster.daemon.resources.filesystem import Filesystem
 from clever_cluster.daemon.resources.group import GroupExecutor
 from clever_cluster.daemon.resources.libvirtconn import LibvirtClient
 from clever_cluster.daemon.resources.saveimage import ImageStore
-from clever_cluster.daemon.resources.vmmonitor import VmMonitor
+from clever_cluster.daemon.resources.vmmonitor import VmInfo, VmMonitor
 from clever_cluster.daemon.resources.vms import VmStep
 from clever_cluster.sim.libvirt_nodes import RUNNING, SHUTOFF, write_node
 from tests.resources.conftest import Ext4
-from tests.resources.helpers import DomainFaults, Gate, until
+from tests.resources.helpers import DomainFaults, Gate, HungFilesystem, until
 
 pytestmark = pytest.mark.root
 
@@ -256,7 +256,7 @@ async def test_domain_that_ignores_shutdown_is_destroyed_after_its_timeout(world
 
 async def test_gate_going_stale_mid_step_starts_no_further_vm(world: World) -> None:
     b = await world.node("b", SHUTOFF, cfg=world.cfg(parallel=1))
-    b.gate.stale_after = 2  # the executor's check and plc1's pass; the grant is withdrawn after that
+    b.gate.stale_after = 3  # the executor's check and plc1's two (before and at its create) pass; then it is withdrawn
     rec = await b.ex.start(StartRequest(token="e", takeover="cold_start"))
     assert rec.outcome == "stale"
     states = await b.states(PLC)
@@ -337,3 +337,163 @@ async def test_monitor_reports_states_from_events(world: World) -> None:
         assert seen[-1] == {"plc1": "running", "plc2": "running", "plc3": "shutoff"}
     finally:
         task.cancel()
+
+
+async def test_a_create_never_waits_in_the_libvirt_queue_after_its_gate_check(world: World,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (red team): creates abandoned at their deadline keep their libvirt threads. With the
+    monitor's poll stuck in the last free one, the next VM's create, submitted right after its gate
+    check, waited in the pool's queue; the grant was withdrawn meanwhile, and when libvirt caught up
+    the VM was started under the stale gate (S1)."""
+    import asyncio
+    import threading
+
+    names = ["plc1", "plc2", "plc3"]
+    stuck = threading.Event()
+    faults = DomainFaults()
+    faults.hold_create = {"plc1": stuck, "plc2": stuck}  # libvirt hangs on these two
+    cfg = world.cfg(parallel=1, start_timeout=1.0, poll_interval=0.05)
+    b = await world.node("b", SHUTOFF, names, cfg=cfg, faults=faults, workers=3)
+    real_find = ImageStore.find
+
+    def find(self: ImageStore, domain: str) -> Any:
+        if domain == "plc3":  # between plc3's state read and its create: the monitor's poll hangs too
+            faults.hold_list = stuck
+            assert faults.list_held.wait(10)
+        return real_find(self, domain)
+
+    monkeypatch.setattr(ImageStore, "find", find)
+    monitor = asyncio.create_task(VmMonitor(b.client, cfg).run())
+    try:
+        start = asyncio.create_task(b.ex.start(StartRequest(token="e", takeover="cold_start")))
+        # Checks: the executor's, then plc1's, plc2's and plc3's right before each create.
+        await until(lambda: b.gate.checks >= 4, 10, "plc3's gate check")
+        b.gate.stale = "grant g1 was withdrawn"
+        stuck.set()  # libvirt catches up
+        rec = await start
+    finally:
+        stuck.set()
+        monitor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await monitor
+    assert await b.client.drain(10)
+    assert "plc3" not in faults.entered, "plc3 was created after its gate went stale"
+    assert rec.outcome == "stale", rec.error
+    assert all(s[0] == 5 for s in (await b.states(names)).values())
+
+
+async def test_stop_ends_a_crashed_domain_whose_process_is_kept(world: World) -> None:
+    """Regression (red team): libvirt's "crashed" state (on_crash=preserve) keeps the domain active,
+    its QEMU process paused with the disks open; the stop took it for stopped and reported success
+    with the domain still active on the replicated filesystem."""
+    crashed = 6
+    a = await world.node("a", crashed, ["plc1"])
+    assert await a.client.call(lambda c: c.lookupByName("plc1").isActive()) == 1
+    rec = await a.ex.stop(StopRequest(token=None, mode="shutdown"))
+    assert rec.outcome == "succeeded", rec.error
+    assert await a.client.call(lambda c: c.lookupByName("plc1").isActive()) == 0
+    assert "plc1: " in rec.phases[0].detail and "no VM running" not in rec.phases[0].detail
+
+
+async def test_save_on_a_filesystem_gone_read_only_falls_back_to_shutdown(world: World) -> None:
+    """Regression (red team): ext4 remounts itself read-only after an I/O error (errors=remount-ro);
+    preparing the save then raised OSError, which skipped the shutdown fallback: the handover's stop
+    failed with every VM left running on the read-only filesystem."""
+    import subprocess
+
+    a = await world.node("a", RUNNING)
+    (world.ext4.mountpoint / "save").mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(world.ext4.mountpoint)], check=True)
+    rec = await a.ex.stop(save())
+    assert rec.outcome == "succeeded", rec.error
+    assert await a.states(PLC) == {n: (5, SHUTDOWN) for n in PLC}
+    assert "plc1: save failed (refused: " in rec.phases[0].detail and "Read-only file system" in rec.phases[0].detail
+
+
+async def test_monitor_survives_an_image_it_cannot_set_aside(world: World) -> None:
+    """Regression (red team): a domain started by hand while its save image lies on a filesystem gone
+    read-only: setting the image aside raised OSError out of the monitor's hook, the monitor task
+    died, and the VM facts froze at their last value for good."""
+    import asyncio
+    import subprocess
+
+    a = await world.node("a", RUNNING, cfg=world.cfg(poll_interval=0.1))
+    await a.ex.stop(StopRequest(token=None, mode="save", image=ImageToken("forcestop", "fs-3", "7:node1", "0A1B2C3D")))
+    await a.client.call(lambda c: c.lookupByName("plc1").create())  # an operator's virsh start
+    subprocess.run(["mount", "-o", "remount,ro", str(world.ext4.mountpoint)], check=True)
+    monitor = VmMonitor(a.client, a.step.cfg, on_observed=a.step.observed)
+    task = asyncio.create_task(monitor.run())
+    try:
+        await until(lambda: monitor.facts.connected or task.done(), 5, "the first observation")
+        await a.client.call(lambda c: c.lookupByName("plc1").destroy())
+        await until(lambda: task.done() or (monitor.facts.get("plc1") or VmInfo("plc1", "unknown")).state == "shutoff", 5,
+                    "plc1 reported shut off")
+        assert not task.done(), f"the monitor died: {task.exception()!r}"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_hung_save_dir_blocks_neither_the_event_loop_nor_the_monitor(world: World,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (red team): the monitor's hook looked for each running domain's save image with a
+    stat on the event loop. A filesystem that stops answering there (a network filesystem mounted on
+    save_dir whose server died; DRBD's I/O freeze while the peer is being fenced) blocked the whole
+    daemon loop, heartbeats and fencing included, for as long as it hung."""
+    import asyncio
+    import threading
+
+    from clever_cluster.daemon.resources import vms as vms_module
+
+    monkeypatch.setattr(vms_module, "SAVE_DIR_WAIT", 0.5)
+    a = await world.node("a", RUNNING, cfg=world.cfg(poll_interval=0.1))
+    save_dir = world.ext4.mountpoint / "save"
+    save_dir.mkdir()
+    hung = HungFilesystem(save_dir)
+    safety = threading.Timer(20, hung.release)  # the test ends even if the loop is blocked
+    safety.start()
+    monitor = VmMonitor(a.client, a.step.cfg, on_observed=a.step.observed)
+    task = asyncio.create_task(monitor.run())
+    try:
+        assert await asyncio.to_thread(hung.pending.wait, 10)  # the monitor is looking into the hung filesystem
+        await a.client.call(lambda c: c.lookupByName("plc2").destroy())
+        await until(lambda: (monitor.facts.get("plc2") or VmInfo("plc2", "unknown")).state == "shutoff", 8,
+                    "the monitor to report plc2 shut off while save_dir hangs")
+        assert not hung.released, "the event loop was blocked until the hung filesystem was released"
+    finally:
+        safety.cancel()
+        hung.close()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_save_into_a_hung_save_dir_falls_back_to_shutdown_in_time(world: World,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (red team): preparing the save (clearing old files in save_dir) had no deadline of
+    its own: with save_dir hung (a dead network mount on it), each VM's stop waited for it until the
+    whole step's budget ran out, and the stop failed with every VM left running, instead of giving
+    up on the image after vms.save_timeout and shutting the VM down."""
+    import asyncio
+    import threading
+
+    from clever_cluster.daemon.resources import vms as vms_module
+
+    monkeypatch.setattr(vms_module, "DESTROY_TIMEOUT", 5.0)  # keeps the step budget (and this test when it fails) short
+    a = await world.node("a", RUNNING, cfg=world.cfg(save_timeout=1.0))
+    save_dir = world.ext4.mountpoint / "save"
+    save_dir.mkdir()
+    hung = HungFilesystem(save_dir)
+    safety = threading.Timer(60, hung.release)
+    safety.start()
+    try:
+        rec = await a.ex.stop(save())
+        assert not hung.released
+        assert rec.outcome == "succeeded", rec.error
+        assert await a.states(PLC) == {n: (5, SHUTDOWN) for n in PLC}
+        assert "plc1: save failed (did not finish within 1 s); shut down" in rec.phases[0].detail
+    finally:
+        safety.cancel()
+        hung.close()
+        await asyncio.sleep(0)
