@@ -53,7 +53,7 @@ from clever_cluster.sim.libvirtd import PrivateLibvirtd
 
 from . import nodeconfig, power, transitions
 from .network import Network
-from .node import LabNode, _pid_start, device_busy, netns_pids
+from .node import LabNode, _pid_start, device_busy, netns_pids, without_loop_mounts
 from .watch import FdWatcher
 
 BMC_PASSWORD = "lab-bmc-secret"
@@ -259,7 +259,7 @@ class NodeLab:
                 "--off-hook", shlex.join(power.hook_argv(sys.executable, self.controller.path, "off", n.name)),
                 "--on-hook", shlex.join(power.hook_argv(sys.executable, self.controller.path, "on", n.name))]
         with open(n.dir / "bmc.log", "ab") as log:
-            p = self.netlab.popen(self.topo.gw, argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
+            p = self.netlab.popen(self.topo.gw, without_loop_mounts(argv), stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
         self.bmcs[i] = p
         self.track(p.pid, "bmc", n.name)
         assert p.stdout is not None

@@ -1,7 +1,9 @@
 """One simulated machine of the lab: what runs on it, how it boots, and how it dies.
 
 A node is its network namespace plus a *holder*: a process started with
-``ip netns exec`` whose mount namespace is the node's. Every process of the
+``ip netns exec`` whose mount namespace is the node's (rid of the copies of
+loop-device mounts it inherited from the host, which would keep other
+tests' devices busy). Every process of the
 node joins both namespaces (``nsenter -t HOLDER -m -n``): the DRBD
 simulator, the node's private libvirtd (its own mount namespace, a slave of
 the node's, so it sees the replicated filesystem mounted), the libvirt
@@ -52,8 +54,22 @@ if TYPE_CHECKING:
 
 KEEPER = Path(__file__).with_name("vmkeeper.py")
 LINKS = ("hb0", "hb1", "eth0")
+# A new mount namespace starts as a copy of the host's, including loop devices that other tests
+# have mounted there at this moment; host mounts do not propagate here, so our copy would keep
+# their device busy after they unmount it. Every long-lived process the lab starts from the host
+# namespace drops those copies first (lazily: only the copy goes).
+DROP_LOOP_MOUNTS = ("grep '^/dev/loop' /proc/self/mounts | cut -d' ' -f2 | sort -r | "
+                    "while read -r m; do umount -l \"$m\" 2>/dev/null || true; done")
+
+
+def without_loop_mounts(argv: list[str]) -> list[str]:
+    """``argv`` run after dropping the inherited loop-device mounts (use right after ``ip netns exec``)."""
+    return ["sh", "-c", DROP_LOOP_MOUNTS + '; exec "$@"', "sh", *argv]
+
+
 HOLDER_SCRIPT = """set -e
 FS="$1"; JSOCK="$2"; READY="$3"
+""" + DROP_LOOP_MOUNTS + """
 mount --bind "$FS" "$FS"
 mount --make-shared "$FS"
 if [ -d /run/mount ]; then mount -t tmpfs -o mode=0755 cc-node /run/mount; fi

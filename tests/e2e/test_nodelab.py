@@ -342,3 +342,29 @@ def test_stale_lab_directories_of_dead_processes_are_removed(tmp_path: Path) -> 
         assert str(img) not in subprocess.run(["losetup", "-n", "-l", "-O", "NAME,BACK-FILE"], capture_output=True, text=True).stdout
     finally:
         subprocess.run(["losetup", "-d", loop], capture_output=True, check=False)
+
+
+def test_a_lab_never_holds_on_to_the_hosts_loop_mounts(tmp_path: Path, make_nodelab: Callable[..., NodeLab]) -> None:
+    """Another test's loop device, mounted on the host while the lab starts, is free once that test unmounts it.
+
+    Every new mount namespace copies the host's mounts; without dropping them
+    the lab's holders and BMCs would keep that device busy.
+    """
+    img, mnt = tmp_path / "other.img", tmp_path / "other"
+    with open(img, "wb") as f:
+        f.truncate(16 << 20)
+    subprocess.run(["mkfs.ext4", "-q", str(img)], check=True)
+    loop = subprocess.run(["losetup", "-f", "--show", str(img)], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        mnt.mkdir()
+        subprocess.run(["mount", loop, str(mnt)], check=True)
+        try:
+            lab = make_nodelab(daemons=False)
+            lab.power_off(2)
+            lab.power_on(2)
+        finally:
+            subprocess.run(["umount", str(mnt)], check=True)
+        fd = os.open(loop, os.O_RDONLY | os.O_EXCL)  # EBUSY if a namespace of the lab still held a copy
+        os.close(fd)
+    finally:
+        subprocess.run(["losetup", "-d", loop], capture_output=True, check=False)
