@@ -42,6 +42,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +233,25 @@ class NodeLab:
 
     def timeline(self, kinds: tuple[str, ...] | None = None) -> str:
         return transitions.timeline(self.records(), kinds=kinds)
+
+    def mark(self, label: str, **fields: Any) -> float:
+        """Record a moment of the scenario (``mark`` record); returns its monotonic time."""
+        t: float = self.fault_rec.record("lab", "mark", label, **fields)["t"]
+        return t
+
+    def wait_record(self, pred: Callable[[transitions.Record], bool], timeout: float, what: str = "a record") -> transitions.Record:
+        """The first record matching ``pred``, polling the log until ``timeout``."""
+        def find() -> transitions.Record | None:
+            return next((r for r in self.records() if pred(r)), None)
+
+        found = wait_for(find, timeout, what, interval=0.05)
+        assert found is not None
+        return found
+
+    def active(self, t: float | None = None) -> dict[str, list[str]]:
+        """What each node holds at ``t`` (default: now), e.g. ``{"node1": ["role r0", "mount 212", "vm plc1"]}``."""
+        at = transitions.active_at(self.records(), t, managed_names=self.managed)
+        return {n.name: sorted(f"{i.kind} {i.key}" for i in at.get(n.name, [])) for n in self.nodes}
 
     def check(self, *, allow_lost_writes: bool = False) -> None:
         """Never two active, no acknowledged write lost; raises AssertionError with the evidence."""

@@ -136,6 +136,7 @@ class LabNode:
         self.started: list[tuple[int, str, str]] = []  # (pid, start time, what) of every process started for this node
         self.boot_error: str | None = None
         self.bmc_dies_with_node = False
+        self.daemon_env: dict[str, str] = {}  # added to the daemon's environment at each start (e.g. to run another build)
         self.power_file = self.dir / "power"
         self.power_file.write_text("off\n")
 
@@ -231,7 +232,7 @@ class LabNode:
 
     def start_daemon(self, wait: bool = True, timeout: float = 30.0) -> DaemonProcess:
         d = DaemonProcess(self.config, log_path=self.dir / "daemon.log", argv_prefix=self.prefix(),
-                          env={"NOTIFY_SOCKET": "", "CLEVER_CLUSTER_CONFIG": str(self.config)})
+                          env={"NOTIFY_SOCKET": "", "CLEVER_CLUSTER_CONFIG": str(self.config), **self.daemon_env})
         d.start()
         self.daemon = d
         self._track(d.pid, "daemon")

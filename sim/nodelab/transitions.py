@@ -193,6 +193,16 @@ def intervals(records: Sequence[Record], *, managed_prefixes: Sequence[str] = ("
     return out
 
 
+def active_at(records: Sequence[Record], t: float | None = None, *, managed_prefixes: Sequence[str] = ("plc",),
+              managed_names: Sequence[str] = ()) -> dict[str, list[Interval]]:
+    """Per node, the intervals active at ``t`` (default: the end of the log)."""
+    out: dict[str, list[Interval]] = {}
+    for i in intervals(records, managed_prefixes=managed_prefixes, managed_names=managed_names):
+        if (t is None and i.end is None) or (t is not None and i.start <= t and (i.end is None or t < i.end)):
+            out.setdefault(i.node, []).append(i)
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Overlap:
     a: Interval

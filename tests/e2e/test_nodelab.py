@@ -79,6 +79,7 @@ def test_a_handover_through_the_real_parts_is_logged_and_clean(nodelab: NodeLab)
     lab = nodelab
     lab.wait_connected()
     n1, n2 = lab.node(1), lab.node(2)
+    start = lab.mark("handover test starts")
     assert n1.drbdadm("primary", "r0").returncode == 0
     assert not ro(n1.parts.loop_device) and ro(n2.parts.loop_device)
     assert n1.run("mount", n1.parts.loop_device, str(n1.parts.mountpoint)).returncode == 0
@@ -117,6 +118,10 @@ def test_a_handover_through_the_real_parts_is_logged_and_clean(nodelab: NodeLab)
     assert max(i.end for i in first if i.end is not None) <= min(i.start for i in second)
     promo = of(recs, "node2", "role", "Primary")[0]
     assert all(w in tr.WriteSet(promo.get("held")) for w in acked)
+    assert lab.wait_record(lambda r: r.node == "node1" and r.kind == "role" and r.t > start, 5).value == "Primary"
+    held = lab.active()
+    assert held["node1"] == [] and held["node2"][0] == "mount " + str(of(recs, "node2", "mount", "mounted")[0].get("mount_id"))
+    assert held["node2"][1:] == ["role r0", "vm plc1"]
     lab.check()
 
 

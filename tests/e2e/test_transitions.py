@@ -43,6 +43,14 @@ def test_overlap_of_any_kinds_is_reported_with_both_intervals() -> None:
     assert "node2 mounted 3 (/dev/loop1 on /n2/mnt) [0.500, 0.700)" in text
 
 
+def test_who_is_active_at_a_moment() -> None:
+    log = [rec(1.0, "node1", "role", "Primary"), rec(2.0, "node1", "role", "Secondary"), rec(2.5, "node2", "role", "Primary"),
+           rec(2.6, "node2", "vm", "active", domain="plc1")]
+    assert {n: [i.kind for i in ivs] for n, ivs in tr.active_at(log, 1.5).items()} == {"node1": ["role"]}
+    assert tr.active_at(log, 2.2) == {}
+    assert {n: [i.kind for i in ivs] for n, ivs in tr.active_at(log).items()} == {"node2": ["role", "vm"]}
+
+
 def test_unmanaged_domains_do_not_count_but_listed_ones_do() -> None:
     log = [rec(1.0, "node1", "vm", "active", domain="tools"), rec(1.0, "node2", "vm", "active", domain="tools"),
            rec(2.0, "node1", "vm", "active", domain="db"), rec(2.5, "node2", "role", "Primary")]
