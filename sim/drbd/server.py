@@ -207,14 +207,7 @@ class Node:
 
     def device_busy(self) -> bool:
         dev = self.cfg.get("loop_device")
-        if not dev:
-            return False
-        try:
-            fd = os.open(dev, os.O_RDONLY | os.O_EXCL)
-        except OSError as e:
-            return e.errno == errno.EBUSY
-        os.close(fd)
-        return False
+        return bool(dev) and device_busy(str(dev))
 
     async def watch_open(self) -> None:
         while True:
@@ -686,6 +679,16 @@ class Node:
 
     async def accept(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         await self.adopt(Link(r, w))
+
+
+def device_busy(dev: str) -> bool:
+    """Mounted or opened exclusively by someone (an exclusive open fails with EBUSY)."""
+    try:
+        fd = os.open(dev, os.O_RDONLY | os.O_EXCL)
+    except OSError as e:
+        return e.errno == errno.EBUSY
+    os.close(fd)
+    return False
 
 
 def _atomic(path: Path, text: str) -> None:

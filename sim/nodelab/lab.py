@@ -48,13 +48,14 @@ from typing import Any
 
 from clever_cluster.sim import configgen, netns
 from clever_cluster.sim.drbd.lab import DrbdPair
+from clever_cluster.sim.drbd.server import device_busy
 from clever_cluster.sim.harness import wait_for
 from clever_cluster.sim.journal import Entry, JournalCapture
 from clever_cluster.sim.libvirtd import PrivateLibvirtd
 
 from . import nodeconfig, power, transitions
 from .network import Network
-from .node import LabNode, _pid_start, device_busy, netns_pids, without_loop_mounts
+from .node import LabNode, _pid_start, netns_pids, without_loop_mounts
 from .watch import FdWatcher
 
 BMC_PASSWORD = "lab-bmc-secret"

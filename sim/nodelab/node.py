@@ -24,7 +24,6 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import shutil
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from clever_cluster.daemon.control import ControlClient, socket_path
 from clever_cluster.sim.drbd.lab import SimNode
+from clever_cluster.sim.drbd.server import device_busy
 from clever_cluster.sim.harness import DaemonProcess, run_cli, wait_for
 from clever_cluster.sim.journal import Entry, JournalCapture
 from clever_cluster.sim.libvirtd import PrivateLibvirtd
@@ -100,15 +100,6 @@ def _pid_start(pid: int) -> str | None:
 def netns_pids(ns: str) -> list[int]:
     r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, check=False)
     return [int(p) for p in r.stdout.split() if p.isdigit() and int(p) != os.getpid()]
-
-
-def device_busy(dev: str) -> bool:
-    try:
-        fd = os.open(dev, os.O_RDONLY | os.O_EXCL)
-    except OSError as e:
-        return e.errno == errno.EBUSY
-    os.close(fd)
-    return False
 
 
 class LabNode:
@@ -318,29 +309,33 @@ class LabNode:
         if r.returncode != 0:
             raise RuntimeError(f"{self.name}: ip -batch failed: {r.stderr.strip()}")
 
-    def _start_holder(self) -> None:
-        ready = self.dir / "holder.ready"
+    def _spawn(self, argv: list[str], what: str, log_name: str, ready: Path, timeout: float) -> subprocess.Popen[bytes]:
+        """Start a node process that writes ``ready`` once it serves; watched, tracked, logged to ``log_name``."""
         with contextlib.suppress(FileNotFoundError):
             ready.unlink()
+        with open(self.dir / log_name, "ab") as log:
+            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        self._track(p.pid, what)
+        self.lab.watcher.watch_exit(p.pid, self.lab.proc_rec, self.name, what)
+
+        def up() -> bool:
+            if p.poll() is not None:
+                raise RuntimeError(f"{self.name}: the {what} exited {p.returncode}: "
+                                   f"{(self.dir / log_name).read_text(errors='replace')[-2000:]}")
+            return ready.exists()
+
+        wait_for(up, timeout, f"{self.name}'s {what}")
+        return p
+
+    def _start_holder(self) -> None:
         fs = self.parts.mountpoint.parent
         fs.mkdir(parents=True, exist_ok=True)
         self.parts.mountpoint.mkdir(exist_ok=True)
         jsock = str(self.journal.path) if self.journal is not None else ""
-        with open(self.dir / "holder.log", "ab") as log:
-            self.holder = subprocess.Popen(["ip", "netns", "exec", self.ns, "sh", "-c", HOLDER_SCRIPT, "holder", str(fs), jsock, str(ready)],
-                                           stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-        self._track(self.holder.pid, "holder")
-        holder = self.holder
-
-        def up() -> bool:
-            if holder.poll() is not None:
-                raise RuntimeError(f"{self.name}: the namespace holder exited {holder.returncode}: "
-                                   f"{(self.dir / 'holder.log').read_text(errors='replace')[-2000:]}")
-            return ready.exists()
-
-        wait_for(up, 10, f"{self.name}'s namespace holder")
-        self.mounts = MountWatch(self.lab.watcher, self.lab.mount_rec, self.name, holder.pid, self.lab.loop_devs())
-        self.lab.watcher.watch_exit(holder.pid, self.lab.proc_rec, self.name, "holder")
+        ready = self.dir / "holder.ready"
+        self.holder = self._spawn(["ip", "netns", "exec", self.ns, "sh", "-c", HOLDER_SCRIPT, "holder", str(fs), jsock, str(ready)],
+                                  "holder", "holder.log", ready, 10)
+        self.mounts = MountWatch(self.lab.watcher, self.lab.mount_rec, self.name, self.holder.pid, self.lab.loop_devs())
 
     def _start_libvirt(self) -> None:
         assert self.holder is not None
@@ -350,24 +345,10 @@ class LabNode:
             self._track(self.lvd.proc.pid, "libvirtd")
             self.lab.watcher.watch_exit(self.lvd.proc.pid, self.lab.proc_rec, self.name, "libvirtd")
         ready = self.dir / "keeper.ready"
-        with contextlib.suppress(FileNotFoundError):
-            ready.unlink()
         argv = [*self.prefix(), sys.executable, str(KEEPER), "--uri", self.parts.libvirt_uri, "--node", self.name,
                 "--log", str(self.lab.transitions / f"{self.name}.libvirt.jsonl"), "--ready", str(ready),
                 "--managed", ",".join(self.lab.managed), "--unmanaged", ",".join(self.lab.unmanaged)]
-        with open(self.dir / "keeper.log", "ab") as log:
-            self.keeper = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-        self._track(self.keeper.pid, "libvirt keeper")
-        self.lab.watcher.watch_exit(self.keeper.pid, self.lab.proc_rec, self.name, "libvirt keeper")
-        keeper = self.keeper
-
-        def up() -> bool:
-            if keeper.poll() is not None:
-                raise RuntimeError(f"{self.name}: the libvirt keeper exited {keeper.returncode}: "
-                                   f"{(self.dir / 'keeper.log').read_text(errors='replace')[-2000:]}")
-            return ready.exists()
-
-        wait_for(up, 30, f"{self.name}'s libvirt keeper")
+        self.keeper = self._spawn(argv, "libvirt keeper", "keeper.log", ready, 30)
 
     # ------------------------------------------------------------------ death
 

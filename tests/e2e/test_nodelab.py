@@ -45,8 +45,9 @@ def of(recs: list[tr.Record], node: str, kind: str, value: object = None) -> lis
     return [r for r in recs if r.node == node and r.kind == kind and (value is None or r.value == value)]
 
 
-def test_lab_comes_up_with_each_node_in_its_own_namespaces(nodelab: NodeLab) -> None:
-    lab = nodelab
+@pytest.mark.parametrize("drbd", ["9", "8.4"])
+def test_lab_comes_up_with_each_node_in_its_own_namespaces(make_nodelab: Callable[..., NodeLab], drbd: str) -> None:
+    lab = make_nodelab(drbd_version=drbd)
     lab.wait_connected()
     for n in lab.nodes:
         assert n.daemon is not None and n.holder is not None
@@ -63,6 +64,8 @@ def test_lab_comes_up_with_each_node_in_its_own_namespaces(nodelab: NodeLab) -> 
         assert n.sim.state()["role"] == "Secondary" and ro(n.parts.loop_device)
         assert n.vm_states() == {"plc1": False, "plc2": False, "tools": True}
         cfg = n.config.read_text()
+        assert f'backend = "{"drbd84" if drbd == "8.4" else "drbd9"}"' in cfg
+        assert n.drbdadm("role", "r0").stdout.strip() == ("Secondary/Secondary" if drbd == "8.4" else "Secondary")
         peer = lab.node(3 - n.index)
         assert f'host = "{peer.addrs.bmc}"' in cfg and f'device = "{n.parts.loop_device}"' in cfg
         assert 'interface = "eth0"' in cfg and n.parts.libvirt_uri in cfg
@@ -238,7 +241,7 @@ def _udp_gets_through(lab: NodeLab, src: int, dst: int, addr_of: Callable[[int],
             tx.sendto(b"%d" % i, (addr_of(dst), rx.getsockname()[1]))
         got = 0
         try:
-            while True:
+            while got < count:
                 rx.recv(100)
                 got += 1
         except TimeoutError:
