@@ -1,7 +1,7 @@
 """An IPMI BMC emulator (pyghmi's server side) run as its own process.
 
 Run ``python -m clever_cluster.sim.bmc --port 0 --password-file F ...``; it
-binds 127.0.0.1 (never all interfaces), prints ``PORT <n>`` on stdout once
+binds one address, 127.0.0.1 unless told (never all interfaces), prints ``PORT <n>`` on stdout once
 it answers, and appends one JSON line per event (session-less: ``power_off``,
 ``power_on``, ``off_applied``...) to ``--events``, so a test can assert what
 the BMC was asked to do and when the "machine" really went off.
@@ -19,7 +19,11 @@ survive:
 
 ``--off-hook CMD`` runs CMD (split like a shell would, no shell) just before
 the power state reads off, so a lab can make "power off" mean: links down
-first, then the node's processes die.
+first, then the node's processes die; ``--on-hook CMD`` runs before it reads
+on. ``--power-file F`` makes the machine's power state the content of F
+(``on``/``off``, written by the lab), so a power loss that did not go
+through this BMC reads off too. ``--address`` picks the address to bind
+(127.0.0.1 by default; a lab gives a BMC its own address in a namespace).
 
 pyghmi 1.6.19's client proposes cipher suite 17 while this server only
 speaks suite 3 and answers as if it had accepted; we refuse non-SHA1
@@ -63,12 +67,15 @@ class EmulatedBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
     """One BMC and the power of the machine behind it."""
 
     def __init__(self, authdata: dict[str, str], port: int, machine_uuid: uuid.UUID, mode: str,
-                 events: Path | None, off_hook: list[str] | None, power: str) -> None:
-        super().__init__(authdata, port=port, bmcuuid=machine_uuid, address="127.0.0.1")
+                 events: Path | None, off_hook: list[str] | None, power: str, *, address: str = "127.0.0.1",
+                 on_hook: list[str] | None = None, power_file: Path | None = None) -> None:
+        super().__init__(authdata, port=port, bmcuuid=machine_uuid, address=address)
         self.machine_uuid = machine_uuid
         self.mode = mode
         self.events = events
         self.off_hook = off_hook
+        self.on_hook = on_hook
+        self.power_file = power_file
         self.powerstate = power
         self._lock = threading.Lock()
 
@@ -83,6 +90,13 @@ class EmulatedBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
         return self.machine_uuid
 
     def get_power_state(self) -> str:
+        if self.power_file is not None:
+            try:
+                state = self.power_file.read_text().strip()
+            except OSError:
+                return self.powerstate
+            if state in ("on", "off"):
+                return state
         return self.powerstate
 
     def _apply_off(self) -> None:
@@ -113,6 +127,8 @@ class EmulatedBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
         self.event("power_on")
         if self.mode == "refuse":
             return 0xD5
+        if self.on_hook:
+            subprocess.run(self.on_hook, check=False)
         self.powerstate = "on"
         return None
 
@@ -129,7 +145,7 @@ class EmulatedBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
         return 0xD5
 
     def is_active(self) -> bool:
-        return bool(self.powerstate == "on")
+        return bool(self.get_power_state() == "on")
 
 
 def _parse_mode(mode: str) -> str:
@@ -143,7 +159,8 @@ def _parse_mode(mode: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--port", type=int, default=0, help="UDP port on 127.0.0.1 (0: any free port)")
+    ap.add_argument("--address", default="127.0.0.1", help="address to bind (one address, never all interfaces)")
+    ap.add_argument("--port", type=int, default=0, help="UDP port (0: any free port)")
     ap.add_argument("--user", default="admin")
     ap.add_argument("--password-file", type=Path, required=True, help="file holding the password (never on argv)")
     ap.add_argument("--uuid", type=uuid.UUID, default=None, help="the machine's system UUID")
@@ -151,10 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--power", choices=("on", "off"), default="on", help="initial power state")
     ap.add_argument("--events", type=Path, default=None, help="append JSON lines of events here")
     ap.add_argument("--off-hook", default=None, help="command run when the power goes off")
+    ap.add_argument("--on-hook", default=None, help="command run when the power goes on")
+    ap.add_argument("--power-file", type=Path, default=None, help="the machine's power state (on/off) is read from this file")
     args = ap.parse_args(argv)
+    if args.address in ("", "0.0.0.0", "::"):
+        ap.error("--address must be one address, not all interfaces")
     password = args.password_file.read_text().rstrip("\n")
     bmc = EmulatedBmc({args.user: password}, args.port, args.uuid or uuid.uuid4(), args.mode, args.events,
-                      shlex.split(args.off_hook) if args.off_hook else None, args.power)
+                      shlex.split(args.off_hook) if args.off_hook else None, args.power, address=args.address,
+                      on_hook=shlex.split(args.on_hook) if args.on_hook else None, power_file=args.power_file)
     port = bmc.serversocket.getsockname()[1]
     bmc.port = port
     bmc.event("started", port=port, mode=args.mode, power=args.power)

@@ -150,9 +150,13 @@ class DaemonProcess:
         self.stop()
 
 
-def run_cli(config: Path, *args: str, timeout: float = 30.0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``clevervm --config CONFIG ARGS`` as operators do, capturing output."""
+def run_cli(config: Path, *args: str, timeout: float = 30.0, env: dict[str, str] | None = None,
+            argv_prefix: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    """Run ``clevervm --config CONFIG ARGS`` as operators do, capturing output.
+
+    ``argv_prefix`` (e.g. ``nsenter -t PID -m -n --``) runs it on a lab node.
+    """
     return subprocess.run(
-        [sys.executable, "-m", "clever_cluster.daemon.cli", "--config", str(config), *args],
+        [*argv_prefix, sys.executable, "-m", "clever_cluster.daemon.cli", "--config", str(config), *args],
         capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, check=False,
     )

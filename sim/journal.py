@@ -58,8 +58,10 @@ def parse_entry(data: bytes) -> Entry:
 class JournalCapture:
     """A fake journald socket; collects parsed entries in a background thread."""
 
-    def __init__(self, directory: Path | None = None) -> None:
+    def __init__(self, directory: Path | None = None, on_entry: Callable[[Entry], None] | None = None) -> None:
+        """``on_entry`` is called (in the capture's thread) with each entry, e.g. to keep a readable log."""
         self._dir = Path(directory or tempfile.mkdtemp(prefix="cc-journal-"))
+        self._on_entry = on_entry
         self.path = self._dir / "journal.sock"
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
@@ -97,6 +99,8 @@ class JournalCapture:
                 continue
             with self._lock:
                 self.entries.append(entry)
+            if self._on_entry is not None:
+                self._on_entry(entry)
 
     def close(self) -> None:
         self._stop = True

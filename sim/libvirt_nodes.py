@@ -25,19 +25,20 @@ def domain_uuid(name: str) -> str:
     return str(uuid.uuid5(_NS, name))
 
 
-def node_xml(domains: Iterable[tuple[str, int]], disks: Mapping[str, Path] | None = None) -> str:
-    """A node document; ``domains`` are (name, libvirt state) pairs, ``disks`` an optional file disk per domain."""
-    doms = []
-    for name, state in domains:
-        disk = (disks or {}).get(name)
-        devices = ("    <devices><disk type='file' device='disk'>"
-                   f"<source file='{escape(str(disk))}'/><target dev='vda'/></disk></devices>\n") if disk else ""
-        doms.append(
-            "  <domain type='test'>\n"
+def domain_xml(name: str, *, state: int | None = None, disk: Path | None = None) -> str:
+    """One test-driver domain with a stable UUID; ``state`` presets it (node files only)."""
+    devices = ("    <devices><disk type='file' device='disk'>"
+               f"<source file='{escape(str(disk))}'/><target dev='vda'/></disk></devices>\n") if disk else ""
+    runstate = f"    <test:runstate>{state}</test:runstate>\n" if state is not None else ""
+    return ("  <domain type='test'>\n"
             f"    <name>{escape(name)}</name>\n    <uuid>{domain_uuid(name)}</uuid>\n"
             "    <memory>65536</memory>\n    <vcpu>1</vcpu>\n    <os><type>hvm</type></os>\n"
-            f"    <test:runstate>{state}</test:runstate>\n" + devices +
-            "  </domain>\n")
+            + runstate + devices + "  </domain>\n")
+
+
+def node_xml(domains: Iterable[tuple[str, int]], disks: Mapping[str, Path] | None = None) -> str:
+    """A node document; ``domains`` are (name, libvirt state) pairs, ``disks`` an optional file disk per domain."""
+    doms = [domain_xml(name, state=state, disk=(disks or {}).get(name)) for name, state in domains]
     return ("<node xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>\n"
             "  <cpu><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads><mhz>2000</mhz><model>sim</model></cpu>\n"
             "  <memory>16777216</memory>\n" + "".join(doms) + "</node>\n")

@@ -37,7 +37,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,7 @@ class PrivateLibvirtd:
         self.sock_dir = Path(tempfile.mkdtemp(prefix="cclv"))
         self.proc: subprocess.Popen[bytes] | None = None
         self._mntns: int | None = None
+        self._base_mntns: int | None = None
         self._namespaces: set[int] = set()  # of every run, so a killed one's QEMUs are ended too
 
     @property
@@ -129,16 +130,23 @@ class PrivateLibvirtd:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self, timeout: float = 90.0) -> None:
+    def start(self, timeout: float = 90.0, *, argv_prefix: Sequence[str] = (), base_mntns: int | None = None) -> None:
+        """Start libvirtd; ``argv_prefix`` (e.g. ``nsenter -t PID -m -n --``) runs it inside another node's namespaces.
+
+        Its private mount namespace is then a slave of the namespace it was
+        started in, whose inode ``base_mntns`` must name (default: ours), so
+        that it is told apart from libvirtd's own and never taken for it.
+        """
         if self.proc is not None and self.proc.poll() is None:
             raise LibvirtdError("already running")
         self._prepare()
         self._mntns = None
+        self._base_mntns = base_mntns if base_mntns is not None else os.stat("/proc/self/ns/mnt").st_ino
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
         out = open(self.workdir / "libvirtd.out", "ab")  # noqa: SIM115 - handed to the child
         try:
-            self.proc = subprocess.Popen(["unshare", "-m", "--propagation", "slave", "sh", "-c", SCRIPT, "sh",
+            self.proc = subprocess.Popen([*argv_prefix, "unshare", "-m", "--propagation", "slave", "sh", "-c", SCRIPT, "sh",
                                           str(self.workdir), str(self.cache)],
                                          stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
         finally:
@@ -161,7 +169,7 @@ class PrivateLibvirtd:
             if self._mntns is None:
                 with contextlib.suppress(OSError):
                     ns = os.stat(f"/proc/{self.proc.pid}/ns/mnt").st_ino
-                    if ns != os.stat("/proc/self/ns/mnt").st_ino:
+                    if ns not in (self._base_mntns, os.stat("/proc/self/ns/mnt").st_ino):
                         self._mntns = ns
                         self._namespaces.add(ns)
             if self.socket.exists():

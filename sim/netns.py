@@ -179,15 +179,23 @@ class Lab:
         if r.returncode != 0:
             raise NetnsError(f"nft in {ns}: {r.stderr.strip()}\n{ruleset}")
 
-    def loss(self, ns: str, ifname: str, percent: int, *, ingress: bool = True, egress: bool = True) -> None:
-        """Drop ``percent`` % of frames on ``ifname`` at the netdev hooks (replaces earlier loss)."""
+    def loss(self, ns: str, ifname: str, percent: int, *, ingress: bool = True, egress: bool = True, ip_only: bool = False) -> None:
+        """Drop ``percent`` % of frames on ``ifname`` at the netdev hooks (replaces earlier loss).
+
+        ``ip_only`` spares ARP, so that a one-way cut leaves the other
+        direction working (neighbour resolution needs replies both ways).
+        """
         self.clear_loss(ns, ifname)
         table = _loss_table(ifname)
+        # numgen's range is 0..99: "< 100" is refused, and a total cut needs no dice.
+        rule = "counter drop" if percent >= 100 else f"numgen random mod 100 < {percent} counter drop"
+        if ip_only:
+            rule = "meta protocol { ip, ip6 } " + rule
         chains = []
         if ingress:
-            chains.append(f'chain in {{ type filter hook ingress device "{ifname}" priority 0; numgen random mod 100 < {percent} counter drop; }}')
+            chains.append(f'chain in {{ type filter hook ingress device "{ifname}" priority 0; {rule}; }}')
         if egress:
-            chains.append(f'chain out {{ type filter hook egress device "{ifname}" priority 0; numgen random mod 100 < {percent} counter drop; }}')
+            chains.append(f'chain out {{ type filter hook egress device "{ifname}" priority 0; {rule}; }}')
         self.nft(ns, f"table netdev {table} {{\n  " + "\n  ".join(chains) + "\n}\n")
 
     def clear_loss(self, ns: str, ifname: str) -> None:
@@ -271,6 +279,7 @@ class NodeAddrs:
     hb0: str  # replication link address
     hb1: str  # second heartbeat path
     lan: str  # LAN address (eth0)
+    bmc: str = ""  # this node's BMC, on the LAN bridge in the gateway namespace
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,7 +288,10 @@ class TwoNodes:
 
     Addresses: hb0 10.0.1.1/30 <-> 10.0.1.2, hb1 10.0.2.1/30 <-> 10.0.2.2,
     LAN 192.168.100.0/24 on a bridge in the gateway namespace (gw .1,
-    node1 .11, node2 .12); both nodes route via the gateway.
+    node1 .11, node2 .12); both nodes route via the gateway. The BMCs'
+    addresses (node1's .21, node2's .22) live on the same bridge, in the
+    gateway namespace: a BMC stays reachable while its node is off, and a
+    node whose uplink is cut cannot reach either BMC (as on a shared switch).
     """
 
     lab: Lab
@@ -309,6 +321,30 @@ class TwoNodes:
     def heal_uplink(self, i: int) -> None:
         self.lab.up(self.gw, f"p-n{i}")
 
+    def cut_lan_one_way(self, src: int) -> None:
+        """Drop IP from node ``src`` to the other node at the switch; ARP passes, so the reverse direction still works."""
+        dst = 3 - src
+        self.lab.nft(self.gw, (
+            f"table bridge cclan{src} {{\n  chain lanfwd {{ type filter hook forward priority 0;"
+            f' iifname "p-n{src}" oifname "p-n{dst}" ether type {{ ip, ip6 }} drop; }}\n}}\n'
+        ))
+
+    def heal_lan_one_way(self, src: int) -> None:
+        subprocess.run(["ip", "netns", "exec", self.gw, "nft", "delete", "table", "bridge", f"cclan{src}"], capture_output=True, check=False)
+
+    def cut_gateway(self, i: int) -> None:
+        """Node ``i`` loses the gateway only: its IPv4 traffic to the gateway's address is dropped at the switch.
+
+        The LAN peer and the BMCs stay reachable (unlike :meth:`cut_uplink`).
+        """
+        self.lab.nft(self.gw, (
+            f"table bridge ccgw{i} {{\n  chain gwin {{ type filter hook input priority 0;"
+            f' iifname "p-n{i}" ip daddr {self.gw_addr} drop; }}\n}}\n'
+        ))
+
+    def heal_gateway(self, i: int) -> None:
+        subprocess.run(["ip", "netns", "exec", self.gw, "nft", "delete", "table", "bridge", f"ccgw{i}"], capture_output=True, check=False)
+
 
 def two_nodes(lab: Lab) -> TwoNodes:
     n1, n2, gw = lab.ns("n1"), lab.ns("n2"), lab.ns("gw")
@@ -320,6 +356,8 @@ def two_nodes(lab: Lab) -> TwoNodes:
     lab.addr(n2, "hb1", "10.0.2.2/30")
     lab.bridge(gw, "br0")
     lab.addr(gw, "br0", "192.168.100.1/24")
+    for i in (1, 2):
+        lab.addr(gw, "br0", f"192.168.100.{20 + i}/24")  # node i's BMC
     for i, ns in ((1, n1), (2, n2)):
         lab.veth(ns, "eth0", gw, f"p-n{i}")
         lab.attach(gw, f"p-n{i}", "br0")
@@ -327,8 +365,8 @@ def two_nodes(lab: Lab) -> TwoNodes:
         lab.default_route(ns, "192.168.100.1")
     return TwoNodes(
         lab=lab,
-        n1=NodeAddrs(n1, "10.0.1.1", "10.0.2.1", "192.168.100.11"),
-        n2=NodeAddrs(n2, "10.0.1.2", "10.0.2.2", "192.168.100.12"),
+        n1=NodeAddrs(n1, "10.0.1.1", "10.0.2.1", "192.168.100.11", "192.168.100.21"),
+        n2=NodeAddrs(n2, "10.0.1.2", "10.0.2.2", "192.168.100.12", "192.168.100.22"),
         gw=gw,
     )
 

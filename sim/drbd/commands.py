@@ -4,7 +4,7 @@ A front end sends one JSON line ``{"prog": "drbdadm", "argv": [...]}``; the
 simulator answers with ``{"o": text}`` (stdout), ``{"e": text}`` (stderr) and
 finally ``{"x": exit_code}``; ``events2`` without ``--now`` keeps sending
 ``{"o": line}`` until the front end goes away. Tests and the demo use
-``{"api": ...}`` requests (write, state) on the same socket.
+``{"api": ...}`` requests (write, state, held, fail_disk) on the same socket.
 
 Errors are printed the way drbdsetup's ``check_error()`` and drbdadm print
 them: ``<obj>: State change failed: (-N) text`` (``<obj>`` is the resource for
@@ -60,6 +60,11 @@ async def api(node: Node, req: dict[str, Any]) -> Any:
     if what == "write":
         return await node.write(int(req.get("kib", 4)), float(req.get("timeout", 5.0)))
     if what == "state":
+        return node.view()
+    if what == "held":
+        return node.data.to_json()
+    if what == "fail_disk":
+        await node.fail_disk()
         return node.view()
     raise ValueError(f"unknown api {what!r}")
 

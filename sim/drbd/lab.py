@@ -5,7 +5,9 @@
 ``drbd.drbdsetup`` and ``drbd.proc_drbd`` there) and optionally one ext4
 image with a loop device per node, then starts one simulator process per
 node, inside the node's network namespace when a :class:`TwoNodes` lab is
-given (the replication link is ``hb0``).
+given (the replication link is ``hb0``). With ``transitions`` (a directory),
+each simulator appends its role changes and acknowledged writes to
+``<node>.drbd.jsonl`` there (``sim.nodelab.transitions``).
 
 Invariant: ``close()`` ends the simulator processes it started (by PID),
 detaches the loop devices and removes the image, even after a failed test.
@@ -41,6 +43,8 @@ class SimNode:
     ns: str | None
     cfg: dict[str, Any]
     proc: subprocess.Popen[bytes] | None = None
+    # argv prefix that runs the simulator on its node (default: ``ip netns exec NS`` when ns is set)
+    launcher: Callable[[], list[str]] | None = None
 
     @property
     def socket(self) -> Path:
@@ -84,7 +88,9 @@ class SimNode:
         with contextlib.suppress(FileNotFoundError):
             ready.unlink()
         argv = [sys.executable, "-m", "clever_cluster.sim.drbd.server", str(self.dir / "sim.json")]
-        if self.ns is not None:
+        if self.launcher is not None:
+            argv = [*self.launcher(), *argv]
+        elif self.ns is not None:
             argv = ["ip", "netns", "exec", self.ns, *argv]
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
@@ -104,9 +110,9 @@ class SimNode:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
-        self._module_gone()
+        self.module_gone()
 
-    def _module_gone(self) -> None:
+    def module_gone(self) -> None:
         # /proc/drbd exists only while the module is loaded; a stale copy would lie.
         with contextlib.suppress(FileNotFoundError):
             self.proc_drbd.unlink()
@@ -119,7 +125,7 @@ class SimNode:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
-        self._module_gone()
+        self.module_gone()
 
     def log(self) -> str:
         try:
@@ -151,8 +157,22 @@ class SimNode:
         return st
 
     def write(self, kib: int = 4, timeout: float = 5.0) -> dict[str, Any]:
-        """The VM on this node wrote ``kib`` KiB (blocks while DRBD has I/O frozen, up to ``timeout``)."""
+        """The VM on this node wrote ``kib`` KiB (blocks while DRBD has I/O frozen, up to ``timeout``).
+
+        An acknowledged write answers ``{"ok": True, "id": ...}``; the id is in
+        the transition log and in the set of writes the disk holds (:meth:`held`).
+        """
         r: dict[str, Any] = self.api(what="write", kib=kib, timeout=timeout)
+        return r
+
+    def held(self) -> dict[str, list[list[int]]]:
+        """The writes this node's disk holds (``sim.nodelab.transitions.WriteSet`` ranges)."""
+        r: dict[str, list[list[int]]] = self.api(what="held")
+        return r
+
+    def fail_disk(self) -> dict[str, Any]:
+        """The backing disk fails: DRBD detaches it (disk Failed, then Diskless; it stays so across restarts)."""
+        r: dict[str, Any] = self.api(what="fail_disk")
         return r
 
     def wait(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 15.0, what: str = "state") -> dict[str, Any]:
@@ -196,7 +216,8 @@ class DrbdPair:
 
     def __init__(self, workdir: Path, version: str = "9", *, topo: TwoNodes | None = None, loop: bool = False,
                  conf: dict[str, Any] | None = None, node_conf: dict[int, dict[str, Any]] | None = None,
-                 handler_env: dict[str, str] | None = None, resource: str = "r0", size_mib: int = 32) -> None:
+                 handler_env: dict[str, str] | None = None, resource: str = "r0", size_mib: int = 32,
+                 transitions: Path | None = None) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.version = version
@@ -223,6 +244,7 @@ class DrbdPair:
                 "loop_device": self.loops[i] if self.loops else None, "initial_uuid": INITIAL_UUID,
                 "size_kib": size_mib * 1024, "handler_env": handler_env or {},
                 "drbd_conf": {**(conf or {}), **((node_conf or {}).get(i + 1, {}))},
+                "transitions": str(Path(transitions) / f"{names[i]}.drbd.jsonl") if transitions is not None else None,
             }
             n = SimNode(names[i], i, d, nss[i], cfg)
             n.write_files()

@@ -17,6 +17,15 @@ Invariants:
 - With ``fencing resource-and-stonith`` a Primary that loses its peer freezes
   writes before anything else and stays frozen until the fence-peer handler
   exits 3, 4, 5 or 7, or ``resume-io``.
+- With ``transitions`` configured, every change of role, disk, connection and
+  suspension and every acknowledged write is appended to the lab's
+  transition log (``sim.nodelab.transitions``) with ``time.monotonic()``, in
+  :meth:`Node.publish` and :meth:`Node.write`; a promotion is stamped when
+  the device became writable, before the role changed.
+- What the disk holds is modelled as the set of write ids it received
+  (``data_file``, kept across restarts like the disk itself): a write is
+  held by the writer and, once replicated, by the peer; a finished resync
+  gives the target exactly the source's set; a failed disk holds nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..nodelab.transitions import Recorder, WriteSet
 from . import render
 from .state import Failure, Handshake, Meta, Refused, attach_disk, decide, new_uuid, promotion_info
 
@@ -117,6 +127,12 @@ class Node:
         self._promoting = False
         self._resync_task: asyncio.Task[None] | None = None
         self._fence_task: asyncio.Task[int] | None = None
+        self.boot = os.urandom(4).hex()  # write ids of this run never collide with an earlier one's
+        self._wseq = 0
+        self.data_path = Path(cfg.get("data_file") or self.meta_path.with_name("data.json"))
+        self.data = WriteSet(json.loads(self.data_path.read_text()) if self.data_path.exists() else None)
+        self.recorder = Recorder(cfg["transitions"], "drbd") if cfg.get("transitions") else None
+        self._writable_at: float | None = None
         self._last_view = self.view()
         self.publish()
         self._loop_ro(self.role != "Primary")
@@ -136,11 +152,26 @@ class Node:
             "resync": dict(self.resync) if self.resync else None, "stats": dict(self.stats),
             "meta": self.meta.to_json(), "conf": self.conf, "size_kib": c.get("size_kib", 65536),
             "promotion": promotion_info(self.role, self.disk, self.peer_role, self.peer_disk),
-            "helpers": sorted(self.helpers),
+            "helpers": sorted(self.helpers), "writes_held": self.data.count(),
         }
+
+    def record(self, kind: str, value: Any = None, *, t: float | None = None, **fields: Any) -> None:
+        if self.recorder is not None:
+            self.recorder.record(self.cfg["node"], kind, value, t=t, resource=self.cfg["resource"], **fields)
+
+    def _record_changes(self, old: dict[str, Any], new: dict[str, Any]) -> None:
+        if old["role"] != new["role"]:
+            if new["role"] == "Primary":
+                self.record("role", "Primary", t=self._writable_at, held=self.data.to_json())
+            else:
+                self.record("role", new["role"])
+        for key in ("disk", "conn", "susp", "peer_disk", "peer_role"):
+            if old[key] != new[key]:
+                self.record(key, new[key])
 
     def publish(self) -> None:
         new = self.view()
+        self._record_changes(self._last_view, new)
         for sub in self.subscribers:
             for ln in render.changes(self._last_view, new, sub.statistics):
                 if ln.startswith("change path ") and not sub.path_seen:
@@ -176,14 +207,7 @@ class Node:
 
     def device_busy(self) -> bool:
         dev = self.cfg.get("loop_device")
-        if not dev:
-            return False
-        try:
-            fd = os.open(dev, os.O_RDONLY | os.O_EXCL)
-        except OSError as e:
-            return e.errno == errno.EBUSY
-        os.close(fd)
-        return False
+        return bool(dev) and device_busy(str(dev))
 
     async def watch_open(self) -> None:
         while True:
@@ -283,6 +307,7 @@ class Node:
             raise Refused(-2)
         if self.disk == "Consistent" or force:
             self.disk = self.meta.disk = "UpToDate"
+        self._writable_at = time.monotonic()
         self._loop_ro(False)
         self.role = "Primary"
         self.meta.was_primary = True
@@ -364,12 +389,28 @@ class Node:
         self.susp.add("user")
         self.publish()
 
+    def _save_data(self) -> None:
+        _atomic(self.data_path, json.dumps(self.data.to_json()))
+
+    def _hold(self, wid: str) -> None:
+        if self.disk != "Diskless":
+            self.data.add(wid)
+            self._save_data()
+
+    def _acked(self, wid: str, replicated: bool) -> dict[str, Any]:
+        self.record("write_ack", wid, id=wid, replicated=replicated)
+        return {"ok": True, "replicated": replicated, "id": wid}
+
     async def write(self, kib: int, timeout: float) -> dict[str, Any]:
         """The VM wrote ``kib`` KiB: replicate, or track it as out of sync, or wait while frozen."""
         deadline = time.monotonic() + timeout
+        self._wseq += 1
+        wid = f"{self.cfg['node']}.{self.boot}#{self._wseq}"
         while True:
             if self.role != "Primary":
                 return {"ok": False, "error": "not Primary"}
+            if self.disk == "Diskless" and not (self.conn == "Connected" and self.link is not None):
+                return {"ok": False, "error": "no access to data (diskless, no peer)"}
             left = deadline - time.monotonic()
             if self.susp:
                 if left <= 0:
@@ -382,7 +423,7 @@ class Node:
                 seq = self._seq
                 fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
                 self._write_waiters[seq] = fut
-                self.link.send({"t": "write", "id": seq, "kib": kib})
+                self.link.send({"t": "write", "id": seq, "kib": kib, "w": wid})
                 if self.conf["protocol"] == "A":
                     fut.set_result(True)
                 try:
@@ -397,15 +438,30 @@ class Node:
                     continue  # the link went away under the write: decide again under the new state
                 self.stats["dw"] += kib
                 self.stats["ns"] += kib
+                self._hold(wid)
                 self.publish()
-                return {"ok": True, "replicated": True}
+                return self._acked(wid, True)
             if self.new_uuid_pending:
                 self.meta.rotate(self.rng, True)
                 self.new_uuid_pending = False
             self.meta.oos_kib += kib
             self.stats["dw"] += kib
+            self._hold(wid)
             self.publish()
-            return {"ok": True, "replicated": False}
+            return self._acked(wid, False)
+
+    async def fail_disk(self) -> None:
+        """The backing disk failed: DRBD detaches it (Failed, then Diskless) and serves I/O from the peer if it can."""
+        if self.disk == "Diskless":
+            return
+        self.disk = "Failed"
+        self.publish()
+        self.disk = self.meta.disk = "Diskless"
+        self.meta.oos_kib = 0
+        self.data = WriteSet()
+        self._save_data()
+        self._send_state()
+        self.publish()
 
     # ------------------------------------------------------------------ peer link
 
@@ -496,7 +552,7 @@ class Node:
                 self.resync = None
                 self.repl, self.peer_disk = "Established", "UpToDate"
                 self.meta.bitmap, self.meta.oos_kib = 0, 0
-                link.send({"t": "resync_done", "meta": self.meta.to_json()})
+                link.send({"t": "resync_done", "meta": self.meta.to_json(), "data": self.data.to_json()})
                 self.publish()
                 if self.meta.peer_outdated:
                     self.meta.peer_outdated = False
@@ -547,6 +603,8 @@ class Node:
             elif t == "write":
                 self.stats["nr"] += msg["kib"]
                 self.stats["dw"] += msg["kib"]
+                if "w" in msg:
+                    self._hold(str(msg["w"]))
                 link.send({"t": "write_ack", "id": msg["id"]})
             elif t == "write_ack":
                 wfut = self._write_waiters.get(msg["id"])
@@ -560,6 +618,9 @@ class Node:
                 src = Meta.from_json(msg["meta"])
                 self.meta.current = src.current & ~1 & 0xFFFFFFFFFFFFFFFF
                 self.meta.bitmap, self.meta.history, self.meta.oos_kib = 0, list(src.history), 0
+                if "data" in msg:  # the target's blocks are now the source's
+                    self.data = WriteSet(msg["data"])
+                    self._save_data()
                 self.disk = self.meta.disk = "UpToDate"
                 self.resync, self.repl = None, "Established"
                 self._send_state()
@@ -620,6 +681,16 @@ class Node:
         await self.adopt(Link(r, w))
 
 
+def device_busy(dev: str) -> bool:
+    """Mounted or opened exclusively by someone (an exclusive open fails with EBUSY)."""
+    try:
+        fd = os.open(dev, os.O_RDONLY | os.O_EXCL)
+    except OSError as e:
+        return e.errno == errno.EBUSY
+    os.close(fd)
+    return False
+
+
 def _atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
@@ -648,6 +719,7 @@ async def amain(cfg_path: str) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     log(f"{cfg['node']}: DRBD {cfg['version']} resource {cfg['resource']} up, disk {node.disk}, listening on {cfg['local_addr']}:{cfg['port']}")
+    node.record("boot", node.role, disk=node.disk, conn=node.conn, pid=os.getpid())
     _atomic(Path(str(sock) + ".ready"), str(os.getpid()))
     async with ctl, peer_srv:
         await stop.wait()

@@ -104,6 +104,8 @@ class Handshake:
 def decide(me: dict[str, Any], peer: dict[str, Any]) -> Handshake:
     """Symmetric: ``decide(a, b)`` and ``decide(b, a)`` agree (source/target swapped)."""
     a, b = Meta.from_json(me["meta"]), Meta.from_json(peer["meta"])
+    if "Diskless" in (me["disk"], peer["disk"]):
+        return Handshake("no-sync")  # a diskless node has no data to compare or resync
     if me["discard"] and peer["discard"]:
         return Handshake("unrelated")
     if me["discard"] or peer["discard"]:
