@@ -364,3 +364,24 @@ def test_fence_peer_exit_codes_as_the_kernel_reads_them(tmp_path: Path, code: in
                 what="handler ran")
         st = n1.wait(lambda s: s["peer_disk"] == peer_disk and s["disk"] == disk, what=f"exit {code} applied")
         assert bool(st["susp"]) is frozen
+
+
+@pytest.mark.parametrize("version", ["9", "8.4"])
+def test_unfence_peer_is_a_drbd9_handler(tmp_path: Path, version: str) -> None:
+    """DRBD 9 calls unfence-peer on the node that fenced once the peer is UpToDate again; an 8.4 kernel
+    has no such helper (8.4 unfences with after-resync-target, on the sync target)."""
+    conf = {**FAST, "handlers": {"fence-peer": handler(tmp_path, "fence", 4), "unfence-peer": handler(tmp_path, "unfence", 0)}}
+    with DrbdPair(tmp_path / "u", version, conf=conf) as p:
+        p.start()
+        p.wait_connected()
+        n1, n2 = p.node(1), p.node(2)
+        assert n1.run("drbdadm", "primary", "r0").returncode == 0
+        assert n2.run("drbdadm", "disconnect", "r0").returncode == 0
+        n1.wait(lambda s: s["peer_disk"] == "Outdated" and not s["susp"] and not s["helpers"], what="peer fenced (exit 4)")
+        assert n2.run("drbdadm", "connect", "r0").returncode == 0
+        p.wait_connected()
+        n1.wait(lambda s: not s["helpers"] and not s["meta"]["peer_outdated"], what="peer UpToDate again")
+        if version == "9":
+            wait_for((tmp_path / "unfence.log").exists, 15, "the unfence-peer handler")
+        else:
+            assert not (tmp_path / "unfence.log").exists()

@@ -247,6 +247,12 @@ class Node:
         self.publish()
         return code
 
+    def _unfence(self) -> None:
+        """The peer is UpToDate again. Only DRBD 9 has an unfence-peer helper; an 8.4 kernel tells
+        the fencing node nothing (8.4 unfences with after-resync-target, run on the sync target)."""
+        if self.cfg["version"] != "8.4":
+            asyncio.get_running_loop().create_task(self.run_helper("unfence-peer"))
+
     def fencing_on(self) -> bool:
         return self.conf["fencing"] in ("resource-only", "resource-and-stonith")
 
@@ -441,10 +447,9 @@ class Node:
         self.conn, self.peer_role = "Connected", peer["role"]
         self._apply_handshake(hs, peer)
         self.publish()
-        unfence = hs.kind in ("no-sync",) and self.meta.peer_outdated
-        if unfence:
+        if hs.kind == "no-sync" and self.meta.peer_outdated:
             self.meta.peer_outdated = False
-            asyncio.get_running_loop().create_task(self.run_helper("unfence-peer"))
+            self._unfence()
         pinger = asyncio.get_running_loop().create_task(self._ping(link))
         try:
             await self._serve(link)
@@ -500,7 +505,7 @@ class Node:
                 self.publish()
                 if self.meta.peer_outdated:
                     self.meta.peer_outdated = False
-                    await self.run_helper("unfence-peer")
+                    self._unfence()
                 return
             self.meta.oos_kib = rs["left"]
             self.publish()
