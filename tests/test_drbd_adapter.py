@@ -7,6 +7,7 @@ import os
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -301,3 +302,70 @@ async def test_resync_progress_and_out_of_sync_facts(tmp_path: Path) -> None:
             if a2 is not None:
                 await a2.close()
             await asyncio.to_thread(p.close)
+
+
+class Events2Script:
+    """A drbdsetup whose events2 prints what the test writes (a FIFO): DRBD's lines, in DRBD's order."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.fifo = tmp_path / "events2"
+        os.mkfifo(self.fifo)
+        setup, adm = tmp_path / "drbdsetup", tmp_path / "drbdadm"
+        setup.write_text(f'#!/bin/sh\n[ "$1" = events2 ] && exec cat {self.fifo}\nexit 10\n')
+        adm.write_text("#!/bin/sh\nexit 0\n")  # disconnect, connect...: accepted
+        for f in (setup, adm):
+            f.chmod(0o755)
+        self.adapter = DrbdAdapter(DrbdConfig(resource="r0", backend="drbd9", drbdadm=str(adm), drbdsetup=str(setup),
+                                              proc_drbd=tmp_path / "none", poll_interval=0.1))
+        self._w: IO[str] | None = None
+
+    async def __aenter__(self) -> Events2Script:
+        await self.adapter.start()
+        self._w = await asyncio.to_thread(open, self.fifo, "w")  # returns once events2 reads the FIFO
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._w is not None:
+            await asyncio.to_thread(self._w.close)
+        await self.adapter.close()
+
+    async def send(self, *lines: str) -> None:
+        w = self._w
+        assert w is not None
+        await asyncio.to_thread(lambda: (w.write("".join(f"{ln}\n" for ln in lines)), w.flush()))
+
+
+def _fixture_lines(name: str) -> list[str]:
+    from .drbd_fixtures import fixture_dir
+    return (fixture_dir() / name).read_text().splitlines()
+
+
+@pytest.mark.parametrize("variant", ["9.0 order", "no helper events"])
+async def test_split_brain_after_our_own_disconnect_and_an_operator_connect(tmp_path: Path, variant: str) -> None:
+    """The daemon disconnected DRBD itself (DESIGN 4.4: a dead peer still shown Connected); later an operator
+    reconnected with drbdadm and the handshake found split brain. DRBD 9.0 logs conn( Connecting -> Connected )
+    before drbd_sync_handshake, so events2 shows Connected, then the split-brain helpers, then Disconnecting
+    and StandAlone; with the usermode helper disabled there are no helper events at all."""
+    sb = _fixture_lines("events2_9_split_brain_detected_composed.txt")
+    dump, path, helpers, tail = sb[:5], sb[5], sb[6:10], sb[10:]
+    conn = "change connection name:r0 peer-node-id:1 conn-name:remote-host"
+    async with Events2Script(tmp_path) as s:
+        a = s.adapter
+        await s.send(*dump)
+        await until(a, lambda f: f.known and f.connection is ConnState.CONNECTING)
+        await a.disconnect()
+        await s.send(f"{conn} connection:Disconnecting", f"{conn} connection:StandAlone")
+        await until(a, lambda f: f.connection is ConnState.STANDALONE)
+        assert not a.facts().split_brain  # our own disconnect
+        await s.send(f"{conn} connection:Unconnected", f"{conn} connection:Connecting", path)
+        if variant == "9.0 order":
+            await s.send(f"{conn} connection:Connected role:Secondary")
+            await until(a, lambda f: f.connection is ConnState.CONNECTED)
+            await s.send(*helpers)
+        else:
+            await until(a, lambda f: f.connection is ConnState.CONNECTING)
+        await s.send(*tail)
+        f = await until(a, lambda f: f.connection is ConnState.STANDALONE, what="StandAlone after the handshake")
+        assert f.split_brain
+        if variant == "9.0 order":
+            assert f.split_brain_evidence == "DRBD called its split-brain handler"

@@ -25,9 +25,10 @@ Connected``), ``connect()``, ``disconnect()``, ``resume_io()`` and
 
 Invariants:
 - ``facts().known`` is False whenever the adapter has no current model.
-- Split brain is sticky until DRBD is Connected again: a ``split-brain``
-  helper event, or the connection dropping to StandAlone from a connecting
-  state without this adapter having asked for it.
+- Split brain is sticky until DRBD connects again: a ``split-brain``
+  helper event (DRBD 9.0 runs it after reporting Connected), or the
+  connection dropping to StandAlone from a connecting state without this
+  adapter having asked for it (its own disconnect excuses one StandAlone).
 - The events2 child is killed when the adapter closes.
 """
 
@@ -447,8 +448,11 @@ class DrbdAdapter:
         # read after our connect completed, with no Connected in between, is that handshake failing.
         ours_failed = bool(self._connect_pending) and read_seq >= self._connect_pending
         if connection is ConnState.CONNECTED:
-            self._split_brain = None
-            self._initial_split_brain_seen = False
+            if was is not ConnState.CONNECTED:
+                # Only on the way in: DRBD 9.0 is Connected before its UUID handshake, so the
+                # split-brain helper comes after this and must stay.
+                self._split_brain = None
+                self._initial_split_brain_seen = False
             self._connect_pending = 0
         elif connection is ConnState.STANDALONE and (was in WAITING or ours_failed) and not self._asked_disconnect:
             self._connect_pending = 0
@@ -457,6 +461,8 @@ class DrbdAdapter:
                 else f"the connection dropped from {was.value if was else '?'} to StandAlone during the handshake (split brain "
                      "or a refused connection)")
             log.error("DRBD split brain suspected: %s", self._split_brain, extra={"fields": {"CLEVER_REASON": "drbd_split_brain"}})
+        if connection is ConnState.STANDALONE:
+            self._asked_disconnect = False  # ours took effect: a later drop to StandAlone (an operator's connect) is not
         self._prev_conn = connection
         facts = DrbdFacts(backend=self.backend, resource=self.cfg.resource, known=True, observed_at=self.clock(),
                           role=role, connection=connection, connection_raw=connection_raw,
