@@ -10,7 +10,7 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -385,3 +385,77 @@ def test_unfence_peer_is_a_drbd9_handler(tmp_path: Path, version: str) -> None:
             wait_for((tmp_path / "unfence.log").exists, 15, "the unfence-peer handler")
         else:
             assert not (tmp_path / "unfence.log").exists()
+
+
+def test_a_granted_peer_promotion_blocks_our_own_until_the_peer_reports(tmp_path: Path) -> None:
+    """Two promotions cross while Connected. node1 granted node2's request (DRBD 9: the two-phase commit
+    is prepared); node2 has not reported the outcome yet when node1 is asked to promote, and node2, still
+    finishing its own, answers node1's request yes. DRBD never lets both commit; node1 must refuse (-1)."""
+    import json
+    import socket
+    import threading
+
+    with DrbdPair(tmp_path / "x", "9", conf=FAST) as p:
+        n1, n2 = p.node(1), p.node(2)
+        srv = socket.create_server((n2.cfg["local_addr"], n2.cfg["port"]))
+        srv.settimeout(15)
+        n1.start()
+        conn, _ = srv.accept()  # node1 (the lower node id) dials its twin: the test plays node2
+        srv.close()
+        conn.settimeout(0.2)
+        buf = [b""]
+        lock = threading.Lock()
+
+        def send(**msg: object) -> None:
+            with lock:
+                conn.sendall(json.dumps(msg).encode() + b"\n")
+
+        def recv(kind: str, until: Callable[[], bool] = lambda: False) -> dict[str, object] | None:
+            """The next message of this kind (keeping the link alive once greeted); None once ``until()`` holds."""
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                while b"\n" in buf[0]:
+                    line, buf[0] = buf[0].split(b"\n", 1)
+                    msg: dict[str, object] = json.loads(line)
+                    if msg["t"] == kind:
+                        return msg
+                if until():
+                    return None
+                if kind != "hello":
+                    send(t="ping")
+                try:
+                    buf[0] += conn.recv(65536)
+                except TimeoutError:
+                    pass
+            raise AssertionError(f"no {kind} from node1")
+
+        try:
+            hello = recv("hello")
+            assert hello is not None
+            send(t="hello", node_id=1, name="node2", meta=hello["meta"], role="Secondary", disk="UpToDate", discard=False)
+            n1.wait(lambda s: s["conn"] == "Connected" and s["peer_role"] == "Secondary", what="connected to the scripted twin")
+            send(t="promote_req", id=1)
+            ack = recv("promote_ack")
+            assert ack is not None and ack["ok"] is True  # node2 may promote
+            result: list[subprocess.CompletedProcess[str]] = []
+            t = threading.Thread(target=lambda: result.append(n1.run("drbdadm", "primary", "r0")))
+            t.start()
+            req = recv("promote_req", until=lambda: not t.is_alive())
+            if req is not None:
+                send(t="promote_ack", id=req["id"], ok=True)  # node2's own promotion is still in flight
+            t.join(20)
+            send(t="state", role="Primary", disk="UpToDate")  # node2's promotion completed
+            r = result[0]
+            assert r.returncode == 11 and "(-1) Multiple primaries not allowed by config" in r.stderr
+            assert n1.state()["role"] == "Secondary"
+            send(t="state", role="Secondary", disk="UpToDate")  # node2 demoted: node1 may promote again
+            n1.wait(lambda s: s["peer_role"] == "Secondary", what="node2 Secondary again")
+            t = threading.Thread(target=lambda: result.append(n1.run("drbdadm", "primary", "r0")))
+            t.start()
+            req = recv("promote_req", until=lambda: not t.is_alive())
+            assert req is not None
+            send(t="promote_ack", id=req["id"], ok=True)
+            t.join(20)
+            assert result[1].returncode == 0 and n1.state()["role"] == "Primary"
+        finally:
+            conn.close()

@@ -115,6 +115,9 @@ class Node:
         self._write_waiters: dict[int, asyncio.Future[bool]] = {}
         self._seq = 0
         self._promoting = False
+        # We told the peer it may promote and it has not reported the outcome yet (DRBD 9 holds the
+        # cluster-wide state change until commit or abort): no promotion of our own meanwhile.
+        self._peer_promoting = False
         self._resync_task: asyncio.Task[None] | None = None
         self._fence_task: asyncio.Task[int] | None = None
         self._last_view = self.view()
@@ -262,14 +265,17 @@ class Node:
         if self.role == "Primary":
             return
         if self.conn == "Connected":
-            if self.peer_role == "Primary" and not self.conf["allow_two_primaries"]:
+            if (self.peer_role == "Primary" or self._peer_promoting) and not self.conf["allow_two_primaries"]:
                 raise Refused(-1)
+            if self.disk not in ("UpToDate", "Inconsistent"):
+                raise Refused(-2)
             self._promoting = True
             try:
                 ok = await self._ask_peer_promote()
             finally:
                 self._promoting = False
             if not ok:
+                self._send_state()  # the abort: a peer that granted stops waiting for our outcome
                 raise Refused(-1)
         elif not force:
             if self.disk not in ("UpToDate", "Consistent"):
@@ -285,8 +291,6 @@ class Node:
                     raise Refused(-7)
             elif self.disk == "Consistent":
                 raise Refused(-2)
-        if self.conn == "Connected" and self.disk not in ("UpToDate", "Inconsistent"):
-            raise Refused(-2)
         if self.disk == "Consistent" or force:
             self.disk = self.meta.disk = "UpToDate"
         self._loop_ro(False)
@@ -541,9 +545,12 @@ class Node:
                 return
             if t == "state":
                 self.peer_role, self.peer_disk = msg["role"], msg["disk"]
+                self._peer_promoting = False
                 self.publish()
             elif t == "promote_req":
-                ok = self.role != "Primary" and not (self._promoting and self.cfg["node_id"] < self.cfg["peer_node_id"])
+                ok = (self.role != "Primary" and not self._peer_promoting
+                      and not (self._promoting and self.cfg["node_id"] < self.cfg["peer_node_id"]))
+                self._peer_promoting = ok and not self.conf["allow_two_primaries"]
                 link.send({"t": "promote_ack", "id": msg["id"], "ok": ok or self.conf["allow_two_primaries"]})
             elif t == "promote_ack":
                 fut = self._promote_waiters.get(msg["id"])
@@ -573,6 +580,7 @@ class Node:
 
     def _drop_link(self, reason: str, final: str = "Connecting") -> None:
         link, self.link = self.link, None
+        self._peer_promoting = False
         was_connected = self.conn == "Connected"
         if link is not None:
             link.close()
