@@ -459,3 +459,26 @@ def test_a_granted_peer_promotion_blocks_our_own_until_the_peer_reports(tmp_path
             assert result[1].returncode == 0 and n1.state()["role"] == "Primary"
         finally:
             conn.close()
+
+
+def test_two_primaries_do_not_connect(tmp_path: Path) -> None:
+    """DRBD 9 makes a new data generation only at the first write, so two nodes promoted apart that have
+    not written yet still show the same UUIDs: no split brain, but DRBD still refuses to be Connected with
+    two Primaries (allow-two-primaries no)."""
+    with DrbdPair(tmp_path / "x", "9", conf={**FAST, "fencing": "dont-care"}) as p:
+        p.start()
+        p.wait_connected()
+        n1, n2 = p.node(1), p.node(2)
+        assert n2.run("drbdadm", "disconnect", "r0").returncode == 0
+        n1.wait(lambda s: s["conn"] == "Connecting")
+        for n in (n1, n2):
+            assert n.run("drbdadm", "primary", "r0").returncode == 0
+        seen = n2.log().count("handshake with")
+        assert n2.run("drbdadm", "connect", "r0").returncode == 0
+        wait_for(lambda: n2.log().count("handshake with") > seen, 15, "a handshake")
+        for n in (n1, n2):
+            st = n.state()
+            assert (st["role"], st["conn"], st["peer_role"]) == ("Primary", "Connecting", "Unknown")
+        assert n2.run("drbdadm", "secondary", "r0").returncode == 0
+        p.wait_connected()  # one Primary: the same data generation connects without a resync
+        assert n2.state()["peer_role"] == "Primary"

@@ -448,6 +448,12 @@ class Node:
         if hs.kind in ("split-brain", "unrelated", "primary-would-be-target"):
             await self._refuse_connection(hs)
             return
+        if self.role == "Primary" and peer["role"] == "Primary" and not self.conf["allow_two_primaries"]:
+            # The same data generation (DRBD 9 starts a new one only at the first write), but DRBD
+            # will not be Connected with two Primaries: the attempt fails and is retried.
+            log("Multiple primaries not allowed by config: peer is Primary too")
+            self._drop_link("peer is Primary too")
+            return
         self.conn, self.peer_role = "Connected", peer["role"]
         self._apply_handshake(hs, peer)
         self.publish()

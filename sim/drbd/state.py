@@ -7,7 +7,8 @@ place.
 
 Rules kept (DRBD 8.4 and 9, ``shared/reference/drbd.md``):
 - No second Primary while Connected (-1), unless allow-two-primaries; a node
-  that let its peer promote refuses its own promotion until the peer reports.
+  that let its peer promote refuses its own promotion until the peer reports;
+  two Primaries do not connect (the attempt is dropped and retried).
 - Promotion needs UpToDate data (-2, exit 17); a Consistent disk (a node that
   attached without its peer) may promote only after the fence-peer handler
   outdated the peer; with fencing configured, a disconnected promotion whose
