@@ -369,3 +369,17 @@ async def test_split_brain_after_our_own_disconnect_and_an_operator_connect(tmp_
         assert f.split_brain
         if variant == "9.0 order":
             assert f.split_brain_evidence == "DRBD called its split-brain handler"
+
+
+async def test_a_second_connection_is_not_taken_for_the_peer(tmp_path: Path) -> None:
+    """A third node (a diskless tiebreaker, a DR site): DRBD loses node-c while node-b stays Connected. The
+    adapter cannot tell which connection is the cluster's peer, so it must not report Connected."""
+    q = _fixture_lines("events2_9_quorum_lost_primary_suspended_composed.txt")
+    dump = q[:7]
+    lost_c = [ln for ln in q[7:] if "peer-node-id:2" in ln and not ln.startswith(("call", "response"))]
+    async with Events2Script(tmp_path) as s:
+        a = s.adapter
+        await s.send(*dump, *lost_c)
+        f = await until(a, lambda f: f.error is not None and "connections" in f.error, what="the topology refused")
+        assert not f.known and f.connection is None
+

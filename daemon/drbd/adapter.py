@@ -9,7 +9,8 @@ its lines; when the child exits or prints garbage the model is cleared (facts
 unknown) and the child restarted with backoff. DRBD 8.4: ``/proc/drbd`` is
 polled every ``drbd.poll_interval``. The S9 settings are read at start and
 on every reconnect; generation identifiers whenever role, disk or
-connection change.
+connection change. A resource with more than one peer connection has no
+facts (which one is the cluster's peer is not known here).
 
 Acting (the interface the resource executor uses; all raise the typed
 errors of :mod:`.errors`, all bounded by ``drbd.command_timeout``)::
@@ -386,6 +387,13 @@ class DrbdAdapter:
             self._unknown(f"DRBD resource {name} volume {vol} is not configured")
             return
         conns, pds = model.connections(name), model.peer_devices(name, vol)
+        if len(conns) > 1:
+            # Which of them is the cluster's peer is not known here: reporting the first would call
+            # the resource Connected while the peer may be gone.
+            peers = ", ".join(c.get("conn-name", c["peer-node-id"]) for c in conns)
+            self._unknown(f"DRBD resource {name} has {len(conns)} connections ({peers}); clever-cluster manages "
+                          "a resource with one peer")
+            return
         conn = conns[0] if conns else None
         pd = pds[0] if pds else None
         self._peer_node_id = conn["peer-node-id"] if conn else None
