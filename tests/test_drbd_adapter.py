@@ -383,3 +383,20 @@ async def test_a_second_connection_is_not_taken_for_the_peer(tmp_path: Path) -> 
         f = await until(a, lambda f: f.error is not None and "connections" in f.error, what="the topology refused")
         assert not f.known and f.connection is None
 
+
+async def test_every_volume_counts_for_the_disk_states(tmp_path: Path) -> None:
+    """drbd.volume names the filesystem's volume, but DRBD promotes the whole resource: an Inconsistent
+    volume 1 (or its peer's) is an Inconsistent resource for S3 and S8."""
+    two = _fixture_lines("events2_9_now_two_volumes_ug.txt")
+    async with Events2Script(tmp_path) as s:
+        a = s.adapter
+        await s.send(*two)
+        await until(a, lambda f: f.known and f.disk is DiskState.UPTODATE and f.peer_disk is DiskState.UPTODATE)
+        await s.send("change peer-device name:r0 peer-node-id:1 conn-name:remote-host volume:1 replication:SyncSource "
+                     "peer-disk:Inconsistent")
+        f = await until(a, lambda f: f.peer_disk is not DiskState.UPTODATE, what="volume 1's peer disk counted")
+        assert f.peer_disk is DiskState.INCONSISTENT and f.disk is DiskState.UPTODATE
+        await s.send("change connection name:r0 peer-node-id:1 conn-name:remote-host connection:Connecting role:Unknown",
+                     "change device name:r0 volume:1 minor:8 disk:Outdated")
+        f = await until(a, lambda f: f.disk is not DiskState.UPTODATE, what="volume 1's disk counted")
+        assert f.disk is DiskState.OUTDATED and f.connection is ConnState.CONNECTING

@@ -9,7 +9,9 @@ its lines; when the child exits or prints garbage the model is cleared (facts
 unknown) and the child restarted with backoff. DRBD 8.4: ``/proc/drbd`` is
 polled every ``drbd.poll_interval``. The S9 settings are read at start and
 on every reconnect; generation identifiers whenever role, disk or
-connection change. A resource with more than one peer connection has no
+connection change. DRBD promotes a whole resource, so the disk states are
+the lowest over all its volumes (replication and resync progress are those
+of ``drbd.volume``); a resource with more than one peer connection has no
 facts (which one is the cluster's peer is not known here).
 
 Acting (the interface the resource executor uses; all raise the typed
@@ -62,6 +64,7 @@ from .model import (
     disk_state,
     repl_state,
     role,
+    worst_disk,
     yes_no,
 )
 
@@ -416,11 +419,13 @@ class DrbdAdapter:
             role=role(res["role"]),
             peer_role=role(conn["role"]) if conn is not None and cstate is ConnState.CONNECTED else Role.UNKNOWN,
             connection=cstate, connection_raw=cstate.value,
-            disk=disk_state(dev["disk"]),
-            peer_disk=disk_state(pd["peer-disk"]) if pd is not None else DiskState.DUNKNOWN,
+            # DRBD promotes the whole resource: every volume's disk (and its peer's) counts.
+            disk=worst_disk([disk_state(d["disk"]) for d in model.devices(name)]),
+            peer_disk=worst_disk([disk_state(p["peer-disk"]) for p in model.peer_devices(name)]) if pd is not None
+            else DiskState.DUNKNOWN,
             replication=repl_state(pd["replication"]) if pd is not None else ReplState.OFF,
             resync=resync, out_of_sync_kib=oos, suspended=susp,
-            quorum=yes_no(dev["quorum"]) if "quorum" in dev else None,
+            quorum=all(yes_no(d["quorum"]) for d in model.devices(name) if "quorum" in d) if "quorum" in dev else None,
             may_promote=yes_no(res["may_promote"]) if "may_promote" in res else None,
             fence_peer_running=model.helper_running(name, "fence-peer"),
         )
