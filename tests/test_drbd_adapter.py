@@ -334,6 +334,12 @@ class Events2Script:
         assert w is not None
         await asyncio.to_thread(lambda: (w.write("".join(f"{ln}\n" for ln in lines)), w.flush()))
 
+    async def die_while_printing(self, partial: str) -> None:
+        """events2 ends in the middle of a line (killed): the rest of the line never comes."""
+        w, self._w = self._w, None
+        assert w is not None
+        await asyncio.to_thread(lambda: (w.write(partial), w.close()))
+
 
 def _fixture_lines(name: str) -> list[str]:
     from .drbd_fixtures import fixture_dir
@@ -400,3 +406,23 @@ async def test_every_volume_counts_for_the_disk_states(tmp_path: Path) -> None:
                      "change device name:r0 volume:1 minor:8 disk:Outdated")
         f = await until(a, lambda f: f.disk is not DiskState.UPTODATE, what="volume 1's disk counted")
         assert f.disk is DiskState.OUTDATED and f.connection is ConnState.CONNECTING
+
+
+async def test_a_line_cut_short_by_a_dying_events2_is_not_read(tmp_path: Path) -> None:
+    """drbdsetup events2 killed in the middle of a line: 'quorum:no' arrives as 'quorum:n', which DRBD's
+    boolean rule would read as yes. Only whole lines are DRBD's output."""
+    q = _fixture_lines("events2_9_quorum_lost_primary_suspended_composed.txt")
+    three = q[:7]
+    dump = [ln for ln in three if "peer-node-id:2" not in ln]  # one peer, as clever-cluster runs it
+    seen: list[DrbdFacts] = []
+    async with Events2Script(tmp_path) as s:
+        a = s.adapter
+        a.on_change = seen.append
+        await s.send(*dump, "change device name:r0 volume:0 minor:0 backing_dev:/dev/vg0/r0 disk:UpToDate client:no "
+                            "open:yes quorum:no")
+        await until(a, lambda f: f.quorum is False)
+        await s.die_while_printing("change device name:r0 volume:0 minor:0 backing_dev:/dev/vg0/r0 disk:Outdated "
+                                   "client:no open:yes quorum:n")
+        await until(a, lambda f: not f.known, what="the stream's end")
+    after = seen[next(i for i, f in enumerate(seen) if f.quorum is False):]
+    assert all(f.quorum is not True for f in after if f.known), [f.quorum for f in after]

@@ -335,8 +335,8 @@ class DrbdAdapter:
         try:
             while True:
                 raw = await proc.stdout.readline()
-                if not raw:
-                    break
+                if not raw.endswith(b"\n"):
+                    break  # the end, or a line cut short by a dying child ("quorum:no" as "quorum:n")
                 ev = parse9.parse_event(raw.decode(errors="replace"))
                 model.apply(ev)
                 if ev.obj == "helper":
