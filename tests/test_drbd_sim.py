@@ -482,3 +482,33 @@ def test_two_primaries_do_not_connect(tmp_path: Path) -> None:
         assert n2.run("drbdadm", "secondary", "r0").returncode == 0
         p.wait_connected()  # one Primary: the same data generation connects without a resync
         assert n2.state()["peer_role"] == "Primary"
+
+
+@pytest.mark.parametrize("version", ["9", "8.4"])
+def test_a_reconnect_resumes_io_and_voids_the_running_handler(tmp_path: Path, version: str) -> None:
+    """The peer comes back while the fence-peer handler of the first drop still runs: DRBD resumes I/O
+    on the reconnect, and ignores that handler's exit code once the connection was re-established
+    (8.4 conn_try_outdate_peer compares connect_cnt). The link drops again: the second freeze is
+    released only by its own handler, which here fails."""
+    gate, count = tmp_path / "gate", tmp_path / "count"
+    script = tmp_path / "fence.sh"
+    script.write_text(f"#!/bin/sh\nn=$(cat {count} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {count}\n"
+                      f"while [ ! -e {gate} ]; do sleep 0.05; done\n[ $n = 1 ] && exit 4\nexit 1\n")
+    script.chmod(0o755)
+    with DrbdPair(tmp_path / "x", version, conf={**FAST, "handlers": {"fence-peer": str(script)}}) as p:
+        p.start()
+        p.wait_connected()
+        n1, n2 = p.node(1), p.node(2)
+        assert n1.run("drbdadm", "primary", "r0").returncode == 0
+        assert n2.run("drbdadm", "disconnect", "r0").returncode == 0
+        n1.wait(lambda s: "fencing" in s["susp"] and "fence-peer" in s["helpers"], what="first freeze, handler 1 running")
+        assert n2.run("drbdadm", "connect", "r0").returncode == 0
+        n1.wait(lambda s: s["conn"] == "Connected" and not s["susp"], what="I/O resumed on the reconnect")
+        assert n1.write(4)["replicated"] is True
+        assert n2.run("drbdadm", "disconnect", "r0").returncode == 0
+        n1.wait(lambda s: s["conn"] != "Connected" and "fencing" in s["susp"], what="second freeze")
+        wait_for(lambda: count.exists() and count.read_text().strip() == "2", 15, "handler 2 started")
+        gate.write_text("go")
+        st = n1.wait(lambda s: not s["helpers"], what="both handlers done")
+        assert "ignoring fence-peer exit code 4" in n1.log()
+        assert (st["susp"], st["peer_disk"]) == (["fencing"], "DUnknown")

@@ -16,7 +16,8 @@ Invariants:
   ``ping_timeout`` without any packet (DRBD's own detection).
 - With ``fencing resource-and-stonith`` a Primary that loses its peer freezes
   writes before anything else and stays frozen until the fence-peer handler
-  exits 3, 4, 5 or 7, or ``resume-io``.
+  exits 3, 4, 5 or 7, ``resume-io``, or the peer connects again; a handler
+  started before that reconnect has its exit code ignored.
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ class Node:
         self.stats = {"ns": 0, "nr": 0, "dw": 0, "dr": 0}
         self.discard_next = False
         self.new_uuid_pending = False
+        self.connects = 0  # handshakes that ended Connected (DRBD's connect_cnt)
         self.link: Link | None = None
         self.subscribers: list[Subscriber] = []
         self.helpers: set[str] = set()
@@ -233,9 +235,11 @@ class Node:
         return code
 
     async def fence_peer(self) -> int:
+        connects = self.connects
         code = await self.run_helper("fence-peer")
-        if self.conn == "Connected":
-            log(f"ignoring fence-peer exit code {code}: connected again")
+        if self.connects != connects:
+            # DRBD compares its connect count: an answer about a connection that came back is void.
+            log(f"ignoring fence-peer exit code {code}: the connection was re-established meanwhile")
             return code
         if code in (4, 7) or (code == 5 and self.disk == "UpToDate"):
             self.peer_disk, self.meta.peer_outdated = "Outdated", True
@@ -455,6 +459,8 @@ class Node:
             self._drop_link("peer is Primary too")
             return
         self.conn, self.peer_role = "Connected", peer["role"]
+        self.connects += 1
+        self.susp.discard("fencing")  # the peer is back: DRBD resumes the writes it froze for fencing
         self._apply_handshake(hs, peer)
         self.publish()
         if hs.kind == "no-sync" and self.meta.peer_outdated:
