@@ -512,3 +512,26 @@ def test_a_reconnect_resumes_io_and_voids_the_running_handler(tmp_path: Path, ve
         st = n1.wait(lambda s: not s["helpers"], what="both handlers done")
         assert "ignoring fence-peer exit code 4" in n1.log()
         assert (st["susp"], st["peer_disk"]) == (["fencing"], "DUnknown")
+
+
+def test_writes_fail_without_uptodate_data(tmp_path: Path) -> None:
+    """A Primary promoted on its Inconsistent disk while Connected (DRBD allows it: reads come from the
+    UpToDate peer) that then loses the peer has no UpToDate data left: DRBD fails the writes
+    (on-no-data-accessible io-error, the default); they must not be acknowledged."""
+    with DrbdPair(tmp_path / "x", "9", conf={**FAST, "fencing": "dont-care", "resync_kib_per_s": 64}) as p:
+        p.start()
+        p.wait_connected()
+        n1, n2 = p.node(1), p.node(2)
+        assert n1.run("drbdadm", "primary", "r0").returncode == 0
+        assert n2.run("drbdadm", "disconnect", "r0").returncode == 0
+        n1.wait(lambda s: s["conn"] == "Connecting")
+        assert n1.write(4096)["replicated"] is False
+        assert n1.run("drbdadm", "secondary", "r0").returncode == 0
+        assert n2.run("drbdadm", "connect", "r0").returncode == 0
+        n2.wait(lambda s: s["repl"] == "SyncTarget" and s["disk"] == "Inconsistent", what="node2 SyncTarget")
+        assert n2.run("drbdadm", "primary", "r0").returncode == 0
+        assert n2.write(4)["replicated"] is True
+        assert n1.run("drbdadm", "disconnect", "r0").returncode == 0
+        n2.wait(lambda s: s["conn"] != "Connected", what="node2 lost its sync source")
+        r = n2.write(4)
+        assert not r["ok"] and "no UpToDate data" in r["error"]

@@ -413,6 +413,9 @@ class Node:
                 self.stats["ns"] += kib
                 self.publish()
                 return {"ok": True, "replicated": True}
+            if self.disk != "UpToDate":
+                # Neither local nor remote UpToDate data: DRBD fails the request (on-no-data-accessible io-error).
+                return {"ok": False, "error": f"I/O error: no UpToDate data (local disk {self.disk}, no peer)"}
             if self.new_uuid_pending:
                 self.meta.rotate(self.rng, True)
                 self.new_uuid_pending = False

@@ -13,6 +13,7 @@ Rules kept (DRBD 8.4 and 9, ``shared/reference/drbd.md``):
   attached without its peer) may promote only after the fence-peer handler
   outdated the peer; with fencing configured, a disconnected promotion whose
   peer disk is unknown needs the handler to succeed, else -7.
+- Writes fail when neither the local disk nor a connected peer is UpToDate.
 - A disk outdated by its peer cannot promote; ``outdate`` is refused while
   Connected (-6) and on Inconsistent disks (-16, exit 5).
 - New data generation (current UUID) when a disconnected Primary writes (9:
