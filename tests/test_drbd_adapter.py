@@ -426,3 +426,34 @@ async def test_a_line_cut_short_by_a_dying_events2_is_not_read(tmp_path: Path) -
         await until(a, lambda f: not f.known, what="the stream's end")
     after = seen[next(i for i, f in enumerate(seen) if f.quorum is False):]
     assert all(f.quorum is not True for f in after if f.known), [f.quorum for f in after]
+
+
+async def test_settings_changed_without_a_reconnect_are_noticed(tmp_path: Path) -> None:
+    """drbdadm adjust (or net-options --allow-two-primaries=yes, as done for live migration) changes the
+    running net options of a live DRBD 9 connection: no reconnect, yet S9 no longer holds."""
+    p = DrbdPair(tmp_path / "s", "9", conf=SAFE)
+    try:
+        await asyncio.to_thread(p.start)
+        await asyncio.to_thread(p.wait_connected)
+        n1, n2 = p.node(1), p.node(2)
+        count, wrapper = tmp_path / "dumps", tmp_path / "drbdadm"
+        wrapper.write_text(f'#!/bin/sh\n{n1.drbdadm} "$@"\nrc=$?\n[ "$1" = dump ] && echo x >> {count}\nexit $rc\n')
+        wrapper.chmod(0o755)
+        a = DrbdAdapter(DrbdConfig(resource="r0", drbdadm=str(wrapper), drbdsetup=str(n1.drbdsetup),
+                                   proc_drbd=n1.proc_drbd, poll_interval=0.1, command_timeout=10.0), settings_interval=0.5)
+        await a.start()
+        try:
+            await until(a, lambda f: f.known and f.settings is not None and f.settings.safe)
+            # Read at start and again on the first Connected; nothing reads the configuration after that.
+            await until(a, lambda f: count.exists() and len(count.read_text().split()) >= 2, what="the first two reads")
+            for n in (n1, n2):  # the operator runs it on both nodes
+                await asyncio.to_thread(n.api, what="conf", set={"allow_two_primaries": True})
+            assert (await asyncio.to_thread(n1.run, "drbdadm", "primary", "r0")).returncode == 0
+            assert (await asyncio.to_thread(n2.run, "drbdadm", "primary", "r0")).returncode == 0  # DRBD now allows it
+            f = await until(a, lambda f: f.settings is not None and not f.settings.safe, what="the change noticed")
+            assert f.settings is not None and {i.setting for i in f.settings.issues} == {"net.allow-two-primaries"}
+            assert f.connection is ConnState.CONNECTED
+        finally:
+            await a.close()
+    finally:
+        await asyncio.to_thread(p.close)

@@ -7,9 +7,10 @@ dump as ``events2 --now`` (ending in ``exists -``) and then streams, so no
 event falls between the dump and the stream. The state model is merged from
 its lines; when the child exits or prints garbage the model is cleared (facts
 unknown) and the child restarted with backoff. DRBD 8.4: ``/proc/drbd`` is
-polled every ``drbd.poll_interval``. The S9 settings are read at start and
-on every reconnect; generation identifiers whenever role, disk or
-connection change. DRBD promotes a whole resource, so the disk states are
+polled every ``drbd.poll_interval``. The S9 settings are read at start, on
+every reconnect and every 30 s (``drbdadm adjust`` and ``net-options``
+change a live connection, e.g. allow-two-primaries for a live migration);
+generation identifiers whenever role, disk or connection change. DRBD promotes a whole resource, so the disk states are
 the lowest over all its volumes (replication and resync progress are those
 of ``drbd.volume``); a resource with more than one peer connection has no
 facts (which one is the cluster's peer is not known here).
@@ -70,6 +71,7 @@ from .model import (
 
 log = logsetup.get("daemon.drbd")
 BACKOFF_MAX = 10.0
+SETTINGS_INTERVAL = 30.0  # drbdadm adjust / net-options change a live resource without a reconnect
 WAITING = frozenset({ConnState.CONNECTING, ConnState.UNCONNECTED, ConnState.TIMEOUT, ConnState.BROKENPIPE,
                      ConnState.NETWORKFAILURE, ConnState.PROTOCOLERROR, ConnState.TEARDOWN, ConnState.DISCONNECTING})
 
@@ -89,10 +91,11 @@ class SplitBrainVictim:
 
 class DrbdAdapter:
     def __init__(self, cfg: DrbdConfig, *, clock: Callable[[], float] = time.monotonic,
-                 on_change: Callable[[DrbdFacts], None] | None = None) -> None:
+                 on_change: Callable[[DrbdFacts], None] | None = None, settings_interval: float = SETTINGS_INTERVAL) -> None:
         self.cfg = cfg
         self.clock = clock
         self.on_change = on_change
+        self.settings_interval = settings_interval
         self.backend: str = cfg.backend if cfg.backend != "auto" else "unknown"
         self._facts = DrbdFacts.unknown(self.backend, cfg.resource, "not started")
         self._task: asyncio.Task[None] | None = None
@@ -112,6 +115,7 @@ class DrbdAdapter:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._watch(), name="drbd-watch")
+        self._background(self._settings_loop())
 
     async def close(self) -> None:
         for t in [self._task, *self._bg]:
@@ -493,6 +497,12 @@ class DrbdAdapter:
         t = asyncio.create_task(coro)
         self._bg.add(t)
         t.add_done_callback(self._bg.discard)
+
+    async def _settings_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings_interval)
+            if self._facts.known:
+                await self._recheck_settings()
 
     async def _recheck_settings(self) -> None:
         with contextlib.suppress(errors.DrbdError):

@@ -4,7 +4,7 @@ A front end sends one JSON line ``{"prog": "drbdadm", "argv": [...]}``; the
 simulator answers with ``{"o": text}`` (stdout), ``{"e": text}`` (stderr) and
 finally ``{"x": exit_code}``; ``events2`` without ``--now`` keeps sending
 ``{"o": line}`` until the front end goes away. Tests and the demo use
-``{"api": ...}`` requests (write, state) on the same socket.
+``{"api": ...}`` requests (write, state, conf) on the same socket.
 
 Errors are printed the way drbdsetup's ``check_error()`` and drbdadm print
 them: ``<obj>: State change failed: (-N) text`` (``<obj>`` is the resource for
@@ -61,6 +61,10 @@ async def api(node: Node, req: dict[str, Any]) -> Any:
         return await node.write(int(req.get("kib", 4)), float(req.get("timeout", 5.0)))
     if what == "state":
         return node.view()
+    if what == "conf":  # what drbdadm adjust / net-options do to a live resource: no reconnect
+        node.conf.update(req["set"])
+        node.publish()
+        return node.conf
     raise ValueError(f"unknown api {what!r}")
 
 
