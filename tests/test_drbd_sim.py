@@ -19,7 +19,7 @@ from clever_cluster.daemon.drbd import parse9, parse84
 from clever_cluster.daemon.drbd import settings as s9
 from clever_cluster.daemon.drbd.model import ConnState, ReplState, Role
 from clever_cluster.sim import netns
-from clever_cluster.sim.drbd.lab import DrbdPair
+from clever_cluster.sim.drbd.lab import DrbdPair, SimNode
 from clever_cluster.sim.harness import wait_for
 
 FAST = {"ping_int": 1.0, "ping_timeout": 0.5}
@@ -131,15 +131,21 @@ def test_split_brain_detected_on_reconnect_and_manual_recovery(tmp_path: Path) -
         assert n1.state()["role"] == "Primary" and n1.state()["meta"]["current"] & ~1 == n2.state()["meta"]["current"] & ~1
 
 
+def node1_writes_alone(p: DrbdPair, kib: int) -> tuple[SimNode, SimNode]:
+    """Start the pair; node1 is promoted and writes ``kib`` KiB while node2 is disconnected."""
+    p.start()
+    p.wait_connected()
+    n1, n2 = p.node(1), p.node(2)
+    assert n1.run("drbdadm", "primary", "r0").returncode == 0
+    assert n2.run("drbdadm", "disconnect", "r0").returncode == 0
+    n1.wait(lambda s: s["conn"] == "Connecting")
+    assert n1.write(kib)["replicated"] is False
+    return n1, n2
+
+
 def test_resync_with_progress_in_proc_drbd(tmp_path: Path) -> None:
     with DrbdPair(tmp_path / "rs", "8.4", conf={**FAST, "fencing": "dont-care", "resync_kib_per_s": 4096}) as p:
-        p.start()
-        p.wait_connected()
-        n1, n2 = p.node(1), p.node(2)
-        assert n1.run("drbdadm", "primary", "r0").returncode == 0
-        assert n2.run("drbdadm", "disconnect", "r0").returncode == 0
-        n1.wait(lambda s: s["conn"] == "Connecting")
-        assert n1.write(4096)["replicated"] is False
+        n1, n2 = node1_writes_alone(p, 4096)
         dev = parse84.parse_proc_drbd(n1.proc_drbd.read_text()).devices[0]
         assert dev.cs == "WFConnection" and dev.out_of_sync_kib == 4096 and dev.role is Role.PRIMARY
         assert n2.run("drbdadm", "connect", "r0").returncode == 0
@@ -509,8 +515,9 @@ def test_a_reconnect_resumes_io_and_voids_the_running_handler(tmp_path: Path, ve
         n1.wait(lambda s: s["conn"] != "Connected" and "fencing" in s["susp"], what="second freeze")
         wait_for(lambda: count.exists() and count.read_text().strip() == "2", 15, "handler 2 started")
         gate.write_text("go")
-        st = n1.wait(lambda s: not s["helpers"], what="both handlers done")
-        assert "ignoring fence-peer exit code 4" in n1.log()
+        wait_for(lambda: "ignoring fence-peer exit code 4" in n1.log() and "helper broken, returned 1" in n1.log(), 15,
+                 "handler 1 ignored, handler 2 obeyed")
+        st = n1.state()
         assert (st["susp"], st["peer_disk"]) == (["fencing"], "DUnknown")
 
 
@@ -519,13 +526,7 @@ def test_writes_fail_without_uptodate_data(tmp_path: Path) -> None:
     UpToDate peer) that then loses the peer has no UpToDate data left: DRBD fails the writes
     (on-no-data-accessible io-error, the default); they must not be acknowledged."""
     with DrbdPair(tmp_path / "x", "9", conf={**FAST, "fencing": "dont-care", "resync_kib_per_s": 64}) as p:
-        p.start()
-        p.wait_connected()
-        n1, n2 = p.node(1), p.node(2)
-        assert n1.run("drbdadm", "primary", "r0").returncode == 0
-        assert n2.run("drbdadm", "disconnect", "r0").returncode == 0
-        n1.wait(lambda s: s["conn"] == "Connecting")
-        assert n1.write(4096)["replicated"] is False
+        n1, n2 = node1_writes_alone(p, 4096)
         assert n1.run("drbdadm", "secondary", "r0").returncode == 0
         assert n2.run("drbdadm", "connect", "r0").returncode == 0
         n2.wait(lambda s: s["repl"] == "SyncTarget" and s["disk"] == "Inconsistent", what="node2 SyncTarget")
