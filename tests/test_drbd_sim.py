@@ -536,3 +536,15 @@ def test_writes_fail_without_uptodate_data(tmp_path: Path) -> None:
         n2.wait(lambda s: s["conn"] != "Connected", what="node2 lost its sync source")
         r = n2.write(4)
         assert not r["ok"] and "no UpToDate data" in r["error"]
+
+
+@pytest.mark.root
+def test_closing_the_pair_leaves_its_loop_devices_writable(tmp_path: Path) -> None:
+    """The simulator write-protects a Secondary's loop device (BLKROSET); that flag stays on /dev/loopN after
+    losetup -d, so the next test on this machine to get that device would mount it read-only."""
+    with DrbdPair(tmp_path / "ro", "9", conf=FAST, loop=True) as p:
+        p.start()
+        p.wait_connected()
+        devices = list(p.loops)
+        assert devices and all(_getro(d) == "1" for d in devices)  # both Secondary
+    assert [_getro(d) for d in devices] == ["0"] * len(devices)
