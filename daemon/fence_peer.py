@@ -25,7 +25,8 @@ Invariants:
   code and can only produce 1, 4 or 7 (never 3, 5 or 6, which let DRBD
   resume I/O on a guess), and 7 only with a record.
 - An outdate acknowledgement counts only for the freeze it was obtained in:
-  once DRBD is seen Connected or not frozen, older acknowledgements lapse.
+  once DRBD is seen Connected or not frozen, or runs the handler again,
+  older acknowledgements lapse.
 
 The dependencies are small Protocols (implemented by the heartbeat, the
 fencing coordinator and the runtime): :class:`PeerLink`,
@@ -239,6 +240,9 @@ class FencePeerService:
         return {"verdict": Verdict.UNFENCED.value, "reason": "peer UpToDate again"}
 
     async def fence_peer(self, env: Mapping[str, str], who: str = "DRBD") -> tuple[Verdict, str, str | None]:
+        # DRBD runs the handler once per freeze: a new call means a freeze the older acknowledgement
+        # may not belong to (the peer may have resynced to UpToDate in between, unseen by a poller).
+        self.outdate_ack = None
         self.in_flight += 1
         try:
             verdict, reason, record = await self._decide(env)

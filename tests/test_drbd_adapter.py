@@ -7,6 +7,7 @@ import os
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -301,3 +302,158 @@ async def test_resync_progress_and_out_of_sync_facts(tmp_path: Path) -> None:
             if a2 is not None:
                 await a2.close()
             await asyncio.to_thread(p.close)
+
+
+class Events2Script:
+    """A drbdsetup whose events2 prints what the test writes (a FIFO): DRBD's lines, in DRBD's order."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.fifo = tmp_path / "events2"
+        os.mkfifo(self.fifo)
+        setup, adm = tmp_path / "drbdsetup", tmp_path / "drbdadm"
+        setup.write_text(f'#!/bin/sh\n[ "$1" = events2 ] && exec cat {self.fifo}\nexit 10\n')
+        adm.write_text("#!/bin/sh\nexit 0\n")  # disconnect, connect...: accepted
+        for f in (setup, adm):
+            f.chmod(0o755)
+        self.adapter = DrbdAdapter(DrbdConfig(resource="r0", backend="drbd9", drbdadm=str(adm), drbdsetup=str(setup),
+                                              proc_drbd=tmp_path / "none", poll_interval=0.1))
+        self._w: IO[str] | None = None
+
+    async def __aenter__(self) -> Events2Script:
+        await self.adapter.start()
+        self._w = await asyncio.to_thread(open, self.fifo, "w")  # returns once events2 reads the FIFO
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._w is not None:
+            await asyncio.to_thread(self._w.close)
+        await self.adapter.close()
+
+    async def send(self, *lines: str) -> None:
+        w = self._w
+        assert w is not None
+        await asyncio.to_thread(lambda: (w.write("".join(f"{ln}\n" for ln in lines)), w.flush()))
+
+    async def die_while_printing(self, partial: str) -> None:
+        """events2 ends in the middle of a line (killed): the rest of the line never comes."""
+        w, self._w = self._w, None
+        assert w is not None
+        await asyncio.to_thread(lambda: (w.write(partial), w.close()))
+
+
+def _fixture_lines(name: str) -> list[str]:
+    from .drbd_fixtures import fixture_dir
+    return (fixture_dir() / name).read_text().splitlines()
+
+
+@pytest.mark.parametrize("variant", ["9.0 order", "no helper events"])
+async def test_split_brain_after_our_own_disconnect_and_an_operator_connect(tmp_path: Path, variant: str) -> None:
+    """The daemon disconnected DRBD itself (DESIGN 4.4: a dead peer still shown Connected); later an operator
+    reconnected with drbdadm and the handshake found split brain. DRBD 9.0 logs conn( Connecting -> Connected )
+    before drbd_sync_handshake, so events2 shows Connected, then the split-brain helpers, then Disconnecting
+    and StandAlone; with the usermode helper disabled there are no helper events at all."""
+    sb = _fixture_lines("events2_9_split_brain_detected_composed.txt")
+    dump, path, helpers, tail = sb[:5], sb[5], sb[6:10], sb[10:]
+    conn = "change connection name:r0 peer-node-id:1 conn-name:remote-host"
+    async with Events2Script(tmp_path) as s:
+        a = s.adapter
+        await s.send(*dump)
+        await until(a, lambda f: f.known and f.connection is ConnState.CONNECTING)
+        await a.disconnect()
+        await s.send(f"{conn} connection:Disconnecting", f"{conn} connection:StandAlone")
+        await until(a, lambda f: f.connection is ConnState.STANDALONE)
+        assert not a.facts().split_brain  # our own disconnect
+        await s.send(f"{conn} connection:Unconnected", f"{conn} connection:Connecting", path)
+        if variant == "9.0 order":
+            await s.send(f"{conn} connection:Connected role:Secondary")
+            await until(a, lambda f: f.connection is ConnState.CONNECTED)
+            await s.send(*helpers)
+        else:
+            await until(a, lambda f: f.connection is ConnState.CONNECTING)
+        await s.send(*tail)
+        f = await until(a, lambda f: f.connection is ConnState.STANDALONE, what="StandAlone after the handshake")
+        assert f.split_brain
+        if variant == "9.0 order":
+            assert f.split_brain_evidence == "DRBD called its split-brain handler"
+
+
+async def test_a_second_connection_is_not_taken_for_the_peer(tmp_path: Path) -> None:
+    """A third node (a diskless tiebreaker, a DR site): DRBD loses node-c while node-b stays Connected. The
+    adapter cannot tell which connection is the cluster's peer, so it must not report Connected."""
+    q = _fixture_lines("events2_9_quorum_lost_primary_suspended_composed.txt")
+    dump = q[:7]
+    lost_c = [ln for ln in q[7:] if "peer-node-id:2" in ln and not ln.startswith(("call", "response"))]
+    async with Events2Script(tmp_path) as s:
+        a = s.adapter
+        await s.send(*dump, *lost_c)
+        f = await until(a, lambda f: f.error is not None and "connections" in f.error, what="the topology refused")
+        assert not f.known and f.connection is None
+
+
+async def test_every_volume_counts_for_the_disk_states(tmp_path: Path) -> None:
+    """drbd.volume names the filesystem's volume, but DRBD promotes the whole resource: an Inconsistent
+    volume 1 (or its peer's) is an Inconsistent resource for S3 and S8."""
+    two = _fixture_lines("events2_9_now_two_volumes_ug.txt")
+    async with Events2Script(tmp_path) as s:
+        a = s.adapter
+        await s.send(*two)
+        await until(a, lambda f: f.known and f.disk is DiskState.UPTODATE and f.peer_disk is DiskState.UPTODATE)
+        await s.send("change peer-device name:r0 peer-node-id:1 conn-name:remote-host volume:1 replication:SyncSource "
+                     "peer-disk:Inconsistent")
+        f = await until(a, lambda f: f.peer_disk is not DiskState.UPTODATE, what="volume 1's peer disk counted")
+        assert f.peer_disk is DiskState.INCONSISTENT and f.disk is DiskState.UPTODATE
+        await s.send("change connection name:r0 peer-node-id:1 conn-name:remote-host connection:Connecting role:Unknown",
+                     "change device name:r0 volume:1 minor:8 disk:Outdated")
+        f = await until(a, lambda f: f.disk is not DiskState.UPTODATE, what="volume 1's disk counted")
+        assert f.disk is DiskState.OUTDATED and f.connection is ConnState.CONNECTING
+
+
+async def test_a_line_cut_short_by_a_dying_events2_is_not_read(tmp_path: Path) -> None:
+    """drbdsetup events2 killed in the middle of a line: 'quorum:no' arrives as 'quorum:n', which DRBD's
+    boolean rule would read as yes. Only whole lines are DRBD's output."""
+    q = _fixture_lines("events2_9_quorum_lost_primary_suspended_composed.txt")
+    three = q[:7]
+    dump = [ln for ln in three if "peer-node-id:2" not in ln]  # one peer, as clever-cluster runs it
+    seen: list[DrbdFacts] = []
+    async with Events2Script(tmp_path) as s:
+        a = s.adapter
+        a.on_change = seen.append
+        await s.send(*dump, "change device name:r0 volume:0 minor:0 backing_dev:/dev/vg0/r0 disk:UpToDate client:no "
+                            "open:yes quorum:no")
+        await until(a, lambda f: f.quorum is False)
+        await s.die_while_printing("change device name:r0 volume:0 minor:0 backing_dev:/dev/vg0/r0 disk:Outdated "
+                                   "client:no open:yes quorum:n")
+        await until(a, lambda f: not f.known, what="the stream's end")
+    after = seen[next(i for i, f in enumerate(seen) if f.quorum is False):]
+    assert all(f.quorum is not True for f in after if f.known), [f.quorum for f in after]
+
+
+async def test_settings_changed_without_a_reconnect_are_noticed(tmp_path: Path) -> None:
+    """drbdadm adjust (or net-options --allow-two-primaries=yes, as done for live migration) changes the
+    running net options of a live DRBD 9 connection: no reconnect, yet S9 no longer holds."""
+    p = DrbdPair(tmp_path / "s", "9", conf=SAFE)
+    try:
+        await asyncio.to_thread(p.start)
+        await asyncio.to_thread(p.wait_connected)
+        n1, n2 = p.node(1), p.node(2)
+        count, wrapper = tmp_path / "dumps", tmp_path / "drbdadm"
+        wrapper.write_text(f'#!/bin/sh\n{n1.drbdadm} "$@"\nrc=$?\n[ "$1" = dump ] && echo x >> {count}\nexit $rc\n')
+        wrapper.chmod(0o755)
+        a = DrbdAdapter(DrbdConfig(resource="r0", drbdadm=str(wrapper), drbdsetup=str(n1.drbdsetup),
+                                   proc_drbd=n1.proc_drbd, poll_interval=0.1, command_timeout=10.0), settings_interval=0.5)
+        await a.start()
+        try:
+            await until(a, lambda f: f.known and f.settings is not None and f.settings.safe)
+            # Read at start and again on the first Connected; nothing reads the configuration after that.
+            await until(a, lambda f: count.exists() and len(count.read_text().split()) >= 2, what="the first two reads")
+            for n in (n1, n2):  # the operator runs it on both nodes
+                await asyncio.to_thread(n.api, what="conf", set={"allow_two_primaries": True})
+            assert (await asyncio.to_thread(n1.run, "drbdadm", "primary", "r0")).returncode == 0
+            assert (await asyncio.to_thread(n2.run, "drbdadm", "primary", "r0")).returncode == 0  # DRBD now allows it
+            f = await until(a, lambda f: f.settings is not None and not f.settings.safe, what="the change noticed")
+            assert f.settings is not None and {i.setting for i in f.settings.issues} == {"net.allow-two-primaries"}
+            assert f.connection is ConnState.CONNECTED
+        finally:
+            await a.close()
+    finally:
+        await asyncio.to_thread(p.close)

@@ -10,7 +10,7 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ from clever_cluster.daemon.drbd import parse9, parse84
 from clever_cluster.daemon.drbd import settings as s9
 from clever_cluster.daemon.drbd.model import ConnState, ReplState, Role
 from clever_cluster.sim import netns
-from clever_cluster.sim.drbd.lab import DrbdPair
+from clever_cluster.sim.drbd.lab import DrbdPair, SimNode
 from clever_cluster.sim.harness import wait_for
 
 FAST = {"ping_int": 1.0, "ping_timeout": 0.5}
@@ -131,15 +131,21 @@ def test_split_brain_detected_on_reconnect_and_manual_recovery(tmp_path: Path) -
         assert n1.state()["role"] == "Primary" and n1.state()["meta"]["current"] & ~1 == n2.state()["meta"]["current"] & ~1
 
 
+def node1_writes_alone(p: DrbdPair, kib: int) -> tuple[SimNode, SimNode]:
+    """Start the pair; node1 is promoted and writes ``kib`` KiB while node2 is disconnected."""
+    p.start()
+    p.wait_connected()
+    n1, n2 = p.node(1), p.node(2)
+    assert n1.run("drbdadm", "primary", "r0").returncode == 0
+    assert n2.run("drbdadm", "disconnect", "r0").returncode == 0
+    n1.wait(lambda s: s["conn"] == "Connecting")
+    assert n1.write(kib)["replicated"] is False
+    return n1, n2
+
+
 def test_resync_with_progress_in_proc_drbd(tmp_path: Path) -> None:
     with DrbdPair(tmp_path / "rs", "8.4", conf={**FAST, "fencing": "dont-care", "resync_kib_per_s": 4096}) as p:
-        p.start()
-        p.wait_connected()
-        n1, n2 = p.node(1), p.node(2)
-        assert n1.run("drbdadm", "primary", "r0").returncode == 0
-        assert n2.run("drbdadm", "disconnect", "r0").returncode == 0
-        n1.wait(lambda s: s["conn"] == "Connecting")
-        assert n1.write(4096)["replicated"] is False
+        n1, n2 = node1_writes_alone(p, 4096)
         dev = parse84.parse_proc_drbd(n1.proc_drbd.read_text()).devices[0]
         assert dev.cs == "WFConnection" and dev.out_of_sync_kib == 4096 and dev.role is Role.PRIMARY
         assert n2.run("drbdadm", "connect", "r0").returncode == 0
@@ -364,3 +370,181 @@ def test_fence_peer_exit_codes_as_the_kernel_reads_them(tmp_path: Path, code: in
                 what="handler ran")
         st = n1.wait(lambda s: s["peer_disk"] == peer_disk and s["disk"] == disk, what=f"exit {code} applied")
         assert bool(st["susp"]) is frozen
+
+
+@pytest.mark.parametrize("version", ["9", "8.4"])
+def test_unfence_peer_is_a_drbd9_handler(tmp_path: Path, version: str) -> None:
+    """DRBD 9 calls unfence-peer on the node that fenced once the peer is UpToDate again; an 8.4 kernel
+    has no such helper (8.4 unfences with after-resync-target, on the sync target)."""
+    conf = {**FAST, "handlers": {"fence-peer": handler(tmp_path, "fence", 4), "unfence-peer": handler(tmp_path, "unfence", 0)}}
+    with DrbdPair(tmp_path / "u", version, conf=conf) as p:
+        p.start()
+        p.wait_connected()
+        n1, n2 = p.node(1), p.node(2)
+        assert n1.run("drbdadm", "primary", "r0").returncode == 0
+        assert n2.run("drbdadm", "disconnect", "r0").returncode == 0
+        n1.wait(lambda s: s["peer_disk"] == "Outdated" and not s["susp"] and not s["helpers"], what="peer fenced (exit 4)")
+        assert n2.run("drbdadm", "connect", "r0").returncode == 0
+        p.wait_connected()
+        n1.wait(lambda s: not s["helpers"] and not s["meta"]["peer_outdated"], what="peer UpToDate again")
+        if version == "9":
+            wait_for((tmp_path / "unfence.log").exists, 15, "the unfence-peer handler")
+        else:
+            assert not (tmp_path / "unfence.log").exists()
+
+
+def test_a_granted_peer_promotion_blocks_our_own_until_the_peer_reports(tmp_path: Path) -> None:
+    """Two promotions cross while Connected. node1 granted node2's request (DRBD 9: the two-phase commit
+    is prepared); node2 has not reported the outcome yet when node1 is asked to promote, and node2, still
+    finishing its own, answers node1's request yes. DRBD never lets both commit; node1 must refuse (-1)."""
+    import json
+    import socket
+    import threading
+
+    with DrbdPair(tmp_path / "x", "9", conf=FAST) as p:
+        n1, n2 = p.node(1), p.node(2)
+        srv = socket.create_server((n2.cfg["local_addr"], n2.cfg["port"]))
+        srv.settimeout(15)
+        n1.start()
+        conn, _ = srv.accept()  # node1 (the lower node id) dials its twin: the test plays node2
+        srv.close()
+        conn.settimeout(0.2)
+        buf = [b""]
+        lock = threading.Lock()
+
+        def send(**msg: object) -> None:
+            with lock:
+                conn.sendall(json.dumps(msg).encode() + b"\n")
+
+        def recv(kind: str, until: Callable[[], bool] = lambda: False) -> dict[str, object] | None:
+            """The next message of this kind (keeping the link alive once greeted); None once ``until()`` holds."""
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                while b"\n" in buf[0]:
+                    line, buf[0] = buf[0].split(b"\n", 1)
+                    msg: dict[str, object] = json.loads(line)
+                    if msg["t"] == kind:
+                        return msg
+                if until():
+                    return None
+                if kind != "hello":
+                    send(t="ping")
+                try:
+                    buf[0] += conn.recv(65536)
+                except TimeoutError:
+                    pass
+            raise AssertionError(f"no {kind} from node1")
+
+        try:
+            hello = recv("hello")
+            assert hello is not None
+            send(t="hello", node_id=1, name="node2", meta=hello["meta"], role="Secondary", disk="UpToDate", discard=False)
+            n1.wait(lambda s: s["conn"] == "Connected" and s["peer_role"] == "Secondary", what="connected to the scripted twin")
+            send(t="promote_req", id=1)
+            ack = recv("promote_ack")
+            assert ack is not None and ack["ok"] is True  # node2 may promote
+            result: list[subprocess.CompletedProcess[str]] = []
+            t = threading.Thread(target=lambda: result.append(n1.run("drbdadm", "primary", "r0")))
+            t.start()
+            req = recv("promote_req", until=lambda: not t.is_alive())
+            if req is not None:
+                send(t="promote_ack", id=req["id"], ok=True)  # node2's own promotion is still in flight
+            t.join(20)
+            send(t="state", role="Primary", disk="UpToDate")  # node2's promotion completed
+            r = result[0]
+            assert r.returncode == 11 and "(-1) Multiple primaries not allowed by config" in r.stderr
+            assert n1.state()["role"] == "Secondary"
+            send(t="state", role="Secondary", disk="UpToDate")  # node2 demoted: node1 may promote again
+            n1.wait(lambda s: s["peer_role"] == "Secondary", what="node2 Secondary again")
+            t = threading.Thread(target=lambda: result.append(n1.run("drbdadm", "primary", "r0")))
+            t.start()
+            req = recv("promote_req", until=lambda: not t.is_alive())
+            assert req is not None
+            send(t="promote_ack", id=req["id"], ok=True)
+            t.join(20)
+            assert result[1].returncode == 0 and n1.state()["role"] == "Primary"
+        finally:
+            conn.close()
+
+
+def test_two_primaries_do_not_connect(tmp_path: Path) -> None:
+    """DRBD 9 makes a new data generation only at the first write, so two nodes promoted apart that have
+    not written yet still show the same UUIDs: no split brain, but DRBD still refuses to be Connected with
+    two Primaries (allow-two-primaries no)."""
+    with DrbdPair(tmp_path / "x", "9", conf={**FAST, "fencing": "dont-care"}) as p:
+        p.start()
+        p.wait_connected()
+        n1, n2 = p.node(1), p.node(2)
+        assert n2.run("drbdadm", "disconnect", "r0").returncode == 0
+        n1.wait(lambda s: s["conn"] == "Connecting")
+        for n in (n1, n2):
+            assert n.run("drbdadm", "primary", "r0").returncode == 0
+        seen = n2.log().count("handshake with")
+        assert n2.run("drbdadm", "connect", "r0").returncode == 0
+        wait_for(lambda: n2.log().count("handshake with") > seen, 15, "a handshake")
+        for n in (n1, n2):
+            st = n.state()
+            assert (st["role"], st["conn"], st["peer_role"]) == ("Primary", "Connecting", "Unknown")
+        assert n2.run("drbdadm", "secondary", "r0").returncode == 0
+        p.wait_connected()  # one Primary: the same data generation connects without a resync
+        assert n2.state()["peer_role"] == "Primary"
+
+
+@pytest.mark.parametrize("version", ["9", "8.4"])
+def test_a_reconnect_resumes_io_and_voids_the_running_handler(tmp_path: Path, version: str) -> None:
+    """The peer comes back while the fence-peer handler of the first drop still runs: DRBD resumes I/O
+    on the reconnect, and ignores that handler's exit code once the connection was re-established
+    (8.4 conn_try_outdate_peer compares connect_cnt). The link drops again: the second freeze is
+    released only by its own handler, which here fails."""
+    gate, count = tmp_path / "gate", tmp_path / "count"
+    script = tmp_path / "fence.sh"
+    script.write_text(f"#!/bin/sh\nn=$(cat {count} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {count}\n"
+                      f"while [ ! -e {gate} ]; do sleep 0.05; done\n[ $n = 1 ] && exit 4\nexit 1\n")
+    script.chmod(0o755)
+    with DrbdPair(tmp_path / "x", version, conf={**FAST, "handlers": {"fence-peer": str(script)}}) as p:
+        p.start()
+        p.wait_connected()
+        n1, n2 = p.node(1), p.node(2)
+        assert n1.run("drbdadm", "primary", "r0").returncode == 0
+        assert n2.run("drbdadm", "disconnect", "r0").returncode == 0
+        n1.wait(lambda s: "fencing" in s["susp"] and "fence-peer" in s["helpers"], what="first freeze, handler 1 running")
+        assert n2.run("drbdadm", "connect", "r0").returncode == 0
+        n1.wait(lambda s: s["conn"] == "Connected" and not s["susp"], what="I/O resumed on the reconnect")
+        assert n1.write(4)["replicated"] is True
+        assert n2.run("drbdadm", "disconnect", "r0").returncode == 0
+        n1.wait(lambda s: s["conn"] != "Connected" and "fencing" in s["susp"], what="second freeze")
+        wait_for(lambda: count.exists() and count.read_text().strip() == "2", 15, "handler 2 started")
+        gate.write_text("go")
+        wait_for(lambda: "ignoring fence-peer exit code 4" in n1.log() and "helper broken, returned 1" in n1.log(), 15,
+                 "handler 1 ignored, handler 2 obeyed")
+        st = n1.state()
+        assert (st["susp"], st["peer_disk"]) == (["fencing"], "DUnknown")
+
+
+def test_writes_fail_without_uptodate_data(tmp_path: Path) -> None:
+    """A Primary promoted on its Inconsistent disk while Connected (DRBD allows it: reads come from the
+    UpToDate peer) that then loses the peer has no UpToDate data left: DRBD fails the writes
+    (on-no-data-accessible io-error, the default); they must not be acknowledged."""
+    with DrbdPair(tmp_path / "x", "9", conf={**FAST, "fencing": "dont-care", "resync_kib_per_s": 64}) as p:
+        n1, n2 = node1_writes_alone(p, 4096)
+        assert n1.run("drbdadm", "secondary", "r0").returncode == 0
+        assert n2.run("drbdadm", "connect", "r0").returncode == 0
+        n2.wait(lambda s: s["repl"] == "SyncTarget" and s["disk"] == "Inconsistent", what="node2 SyncTarget")
+        assert n2.run("drbdadm", "primary", "r0").returncode == 0
+        assert n2.write(4)["replicated"] is True
+        assert n1.run("drbdadm", "disconnect", "r0").returncode == 0
+        n2.wait(lambda s: s["conn"] != "Connected", what="node2 lost its sync source")
+        r = n2.write(4)
+        assert not r["ok"] and "no UpToDate data" in r["error"]
+
+
+@pytest.mark.root
+def test_closing_the_pair_leaves_its_loop_devices_writable(tmp_path: Path) -> None:
+    """The simulator write-protects a Secondary's loop device (BLKROSET); that flag stays on /dev/loopN after
+    losetup -d, so the next test on this machine to get that device would mount it read-only."""
+    with DrbdPair(tmp_path / "ro", "9", conf=FAST, loop=True) as p:
+        p.start()
+        p.wait_connected()
+        devices = list(p.loops)
+        assert devices and all(_getro(d) == "1" for d in devices)  # both Secondary
+    assert [_getro(d) for d in devices] == ["0"] * len(devices)

@@ -272,3 +272,30 @@ async def test_operator_on_the_standby_during_a_partition_fences_nobody(topo: ne
         await w.wait(1, lambda s: s["peer_disk"] == "Outdated" and not s["susp"], "node1 outdated node2 and resumed")
         assert (await w.state(1))["role"] == "Primary" and w.node(1).alive()
         assert handler_exits(w.handler_log(1)) == ["4"] and active.fencer.calls == 0
+
+
+async def test_an_outdate_ack_does_not_resume_a_later_freeze(topo: netns.TwoNodes, tmp_path: Path) -> None:
+    """Freeze A: the peer is heard on hb1 and outdates its disk (exit 4). The link comes back, the peer
+    resyncs to UpToDate, then every path goes: freeze B, whose handler cannot fence (exit 1). The
+    daemon's resume check did not run in between (a sampling gap: 8.4 polls /proc/drbd), so freeze A's
+    acknowledgement must not release freeze B while the peer holds UpToDate data."""
+    async with world(topo, tmp_path, "8.4") as w:
+        h = await w.add_host(1, "PRIMARY", "ok", tmp_path)
+        h.watcher.cancel()  # no resume check between the two freezes
+        h.service.success_grace = 0.5
+        await become_primary(w)
+        await asyncio.to_thread(topo.lab.down, topo.n1.ns, "hb0")
+        await w.wait(1, lambda s: s["peer_disk"] == "Outdated" and not s["susp"], "freeze A: peer outdated, writes resumed")
+        assert handler_exits(w.handler_log(1)) == ["4"] and h.service.outdate_ack is not None
+        await asyncio.to_thread(topo.lab.up, topo.n1.ns, "hb0")
+        await w.wait(2, lambda s: s["conn"] == "Connected" and s["disk"] == "UpToDate", "the peer resynced", timeout=30)
+        h.fencer.mode = "later"
+        await cut_all_paths(w)
+        await w.wait(1, lambda s: "fencing" in s["susp"] and not s["helpers"] and s["conn"] != "Connected",
+                     "freeze B: the handler gave up")
+        assert handler_exits(w.handler_log(1)) == ["4", "1"]
+        assert (await w.state(2))["disk"] == "UpToDate"  # the peer was never outdated for freeze B
+        await asyncio.sleep(h.service.success_grace)
+        assert not await h.service.maybe_resume()
+        assert h.service.resumes == 0
+        assert await w.write(1, timeout=1.0) == {"ok": False, "frozen": True, "suspended": ["fencing"]}

@@ -7,9 +7,13 @@ dump as ``events2 --now`` (ending in ``exists -``) and then streams, so no
 event falls between the dump and the stream. The state model is merged from
 its lines; when the child exits or prints garbage the model is cleared (facts
 unknown) and the child restarted with backoff. DRBD 8.4: ``/proc/drbd`` is
-polled every ``drbd.poll_interval``. The S9 settings are read at start and
-on every reconnect; generation identifiers whenever role, disk or
-connection change.
+polled every ``drbd.poll_interval``. The S9 settings are read at start, on
+every reconnect and every 30 s (``drbdadm adjust`` and ``net-options``
+change a live connection, e.g. allow-two-primaries for a live migration);
+generation identifiers whenever role, disk or connection change. DRBD promotes a whole resource, so the disk states are
+the lowest over all its volumes (replication and resync progress are those
+of ``drbd.volume``); a resource with more than one peer connection has no
+facts (which one is the cluster's peer is not known here).
 
 Acting (the interface the resource executor uses; all raise the typed
 errors of :mod:`.errors`, all bounded by ``drbd.command_timeout``)::
@@ -25,9 +29,10 @@ Connected``), ``connect()``, ``disconnect()``, ``resume_io()`` and
 
 Invariants:
 - ``facts().known`` is False whenever the adapter has no current model.
-- Split brain is sticky until DRBD is Connected again: a ``split-brain``
-  helper event, or the connection dropping to StandAlone from a connecting
-  state without this adapter having asked for it.
+- Split brain is sticky until DRBD connects again: a ``split-brain``
+  helper event (DRBD 9.0 runs it after reporting Connected), or the
+  connection dropping to StandAlone from a connecting state without this
+  adapter having asked for it (its own disconnect excuses one StandAlone).
 - The events2 child is killed when the adapter closes.
 """
 
@@ -60,11 +65,13 @@ from .model import (
     disk_state,
     repl_state,
     role,
+    worst_disk,
     yes_no,
 )
 
 log = logsetup.get("daemon.drbd")
 BACKOFF_MAX = 10.0
+SETTINGS_INTERVAL = 30.0  # drbdadm adjust / net-options change a live resource without a reconnect
 WAITING = frozenset({ConnState.CONNECTING, ConnState.UNCONNECTED, ConnState.TIMEOUT, ConnState.BROKENPIPE,
                      ConnState.NETWORKFAILURE, ConnState.PROTOCOLERROR, ConnState.TEARDOWN, ConnState.DISCONNECTING})
 
@@ -84,10 +91,11 @@ class SplitBrainVictim:
 
 class DrbdAdapter:
     def __init__(self, cfg: DrbdConfig, *, clock: Callable[[], float] = time.monotonic,
-                 on_change: Callable[[DrbdFacts], None] | None = None) -> None:
+                 on_change: Callable[[DrbdFacts], None] | None = None, settings_interval: float = SETTINGS_INTERVAL) -> None:
         self.cfg = cfg
         self.clock = clock
         self.on_change = on_change
+        self.settings_interval = settings_interval
         self.backend: str = cfg.backend if cfg.backend != "auto" else "unknown"
         self._facts = DrbdFacts.unknown(self.backend, cfg.resource, "not started")
         self._task: asyncio.Task[None] | None = None
@@ -107,6 +115,7 @@ class DrbdAdapter:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._watch(), name="drbd-watch")
+        self._background(self._settings_loop())
 
     async def close(self) -> None:
         for t in [self._task, *self._bg]:
@@ -330,8 +339,8 @@ class DrbdAdapter:
         try:
             while True:
                 raw = await proc.stdout.readline()
-                if not raw:
-                    break
+                if not raw.endswith(b"\n"):
+                    break  # the end, or a line cut short by a dying child ("quorum:no" as "quorum:n")
                 ev = parse9.parse_event(raw.decode(errors="replace"))
                 model.apply(ev)
                 if ev.obj == "helper":
@@ -385,6 +394,13 @@ class DrbdAdapter:
             self._unknown(f"DRBD resource {name} volume {vol} is not configured")
             return
         conns, pds = model.connections(name), model.peer_devices(name, vol)
+        if len(conns) > 1:
+            # Which of them is the cluster's peer is not known here: reporting the first would call
+            # the resource Connected while the peer may be gone.
+            peers = ", ".join(c.get("conn-name", c["peer-node-id"]) for c in conns)
+            self._unknown(f"DRBD resource {name} has {len(conns)} connections ({peers}); clever-cluster manages "
+                          "a resource with one peer")
+            return
         conn = conns[0] if conns else None
         pd = pds[0] if pds else None
         self._peer_node_id = conn["peer-node-id"] if conn else None
@@ -407,11 +423,13 @@ class DrbdAdapter:
             role=role(res["role"]),
             peer_role=role(conn["role"]) if conn is not None and cstate is ConnState.CONNECTED else Role.UNKNOWN,
             connection=cstate, connection_raw=cstate.value,
-            disk=disk_state(dev["disk"]),
-            peer_disk=disk_state(pd["peer-disk"]) if pd is not None else DiskState.DUNKNOWN,
+            # DRBD promotes the whole resource: every volume's disk (and its peer's) counts.
+            disk=worst_disk([disk_state(d["disk"]) for d in model.devices(name)]),
+            peer_disk=worst_disk([disk_state(p["peer-disk"]) for p in model.peer_devices(name)]) if pd is not None
+            else DiskState.DUNKNOWN,
             replication=repl_state(pd["replication"]) if pd is not None else ReplState.OFF,
             resync=resync, out_of_sync_kib=oos, suspended=susp,
-            quorum=yes_no(dev["quorum"]) if "quorum" in dev else None,
+            quorum=all(yes_no(d["quorum"]) for d in model.devices(name) if "quorum" in d) if "quorum" in dev else None,
             may_promote=yes_no(res["may_promote"]) if "may_promote" in res else None,
             fence_peer_running=model.helper_running(name, "fence-peer"),
         )
@@ -447,8 +465,11 @@ class DrbdAdapter:
         # read after our connect completed, with no Connected in between, is that handshake failing.
         ours_failed = bool(self._connect_pending) and read_seq >= self._connect_pending
         if connection is ConnState.CONNECTED:
-            self._split_brain = None
-            self._initial_split_brain_seen = False
+            if was is not ConnState.CONNECTED:
+                # Only on the way in: DRBD 9.0 is Connected before its UUID handshake, so the
+                # split-brain helper comes after this and must stay.
+                self._split_brain = None
+                self._initial_split_brain_seen = False
             self._connect_pending = 0
         elif connection is ConnState.STANDALONE and (was in WAITING or ours_failed) and not self._asked_disconnect:
             self._connect_pending = 0
@@ -457,6 +478,8 @@ class DrbdAdapter:
                 else f"the connection dropped from {was.value if was else '?'} to StandAlone during the handshake (split brain "
                      "or a refused connection)")
             log.error("DRBD split brain suspected: %s", self._split_brain, extra={"fields": {"CLEVER_REASON": "drbd_split_brain"}})
+        if connection is ConnState.STANDALONE:
+            self._asked_disconnect = False  # ours took effect: a later drop to StandAlone (an operator's connect) is not
         self._prev_conn = connection
         facts = DrbdFacts(backend=self.backend, resource=self.cfg.resource, known=True, observed_at=self.clock(),
                           role=role, connection=connection, connection_raw=connection_raw,
@@ -474,6 +497,12 @@ class DrbdAdapter:
         t = asyncio.create_task(coro)
         self._bg.add(t)
         t.add_done_callback(self._bg.discard)
+
+    async def _settings_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings_interval)
+            if self._facts.known:
+                await self._recheck_settings()
 
     async def _recheck_settings(self) -> None:
         with contextlib.suppress(errors.DrbdError):

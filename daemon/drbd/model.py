@@ -126,6 +126,12 @@ def split_cs84(cs: str) -> tuple[ConnState, ReplState]:
         raise DrbdParseError(f"unknown DRBD 8.4 connection state {cs!r}") from None
 
 
+def worst_disk(states: list[DiskState]) -> DiskState:
+    """The lowest of several disk states in DRBD's own order (Diskless lowest, UpToDate highest)."""
+    order = list(DiskState)
+    return min(states, key=order.index)
+
+
 def yes_no(text: str) -> bool:
     """DRBD booleans: ``no``/``false`` are false, anything else true (drbd-reactor's rule)."""
     return text not in ("no", "false")

@@ -128,8 +128,13 @@ class Events2Model:
     def device(self, name: str, volume: int) -> dict[str, str] | None:
         return self.objects["device"].get((name, str(volume)))
 
-    def peer_devices(self, name: str, volume: int) -> list[dict[str, str]]:
-        return [v for k, v in sorted(self.objects["peer-device"].items()) if k[0] == name and k[2] == str(volume)]
+    def devices(self, name: str) -> list[dict[str, str]]:
+        return [v for k, v in sorted(self.objects["device"].items()) if k[0] == name]
+
+    def peer_devices(self, name: str, volume: int | None = None) -> list[dict[str, str]]:
+        """The peer devices of ``volume``, or of every volume."""
+        return [v for k, v in sorted(self.objects["peer-device"].items())
+                if k[0] == name and (volume is None or k[2] == str(volume))]
 
     def helper_running(self, name: str, helper: str) -> bool:
         return self.helpers_running.get((name, helper), 0) > 0

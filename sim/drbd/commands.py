@@ -5,6 +5,7 @@ simulator answers with ``{"o": text}`` (stdout), ``{"e": text}`` (stderr) and
 finally ``{"x": exit_code}``; ``events2`` without ``--now`` keeps sending
 ``{"o": line}`` until the front end goes away. Tests and the demo use
 ``{"api": ...}`` requests (write, state, held, fail_disk) on the same socket.
+``{"api": ...}`` requests (write, state, conf) on the same socket.
 
 Errors are printed the way drbdsetup's ``check_error()`` and drbdadm print
 them: ``<obj>: State change failed: (-N) text`` (``<obj>`` is the resource for
@@ -66,6 +67,10 @@ async def api(node: Node, req: dict[str, Any]) -> Any:
     if what == "fail_disk":
         await node.fail_disk()
         return node.view()
+    if what == "conf":  # what drbdadm adjust / net-options do to a live resource: no reconnect
+        node.conf.update(req["set"])
+        node.publish()
+        return node.conf
     raise ValueError(f"unknown api {what!r}")
 
 

@@ -10,7 +10,8 @@ each simulator appends its role changes and acknowledged writes to
 ``<node>.drbd.jsonl`` there (``sim.nodelab.transitions``).
 
 Invariant: ``close()`` ends the simulator processes it started (by PID),
-detaches the loop devices and removes the image, even after a failed test.
+makes the loop devices writable again and detaches them, and removes the
+image, even after a failed test.
 """
 
 from __future__ import annotations
@@ -277,6 +278,9 @@ class DrbdPair:
             with contextlib.suppress(Exception):
                 n.kill()
         for dev in self.loops:
+            # The read-only flag the simulator set outlives losetup -d: the next user of /dev/loopN
+            # (another test on this machine) would get a write-protected device.
+            subprocess.run(["blockdev", "--setrw", dev], capture_output=True, check=False)
             for _ in range(20):
                 if subprocess.run(["losetup", "-d", dev], capture_output=True, check=False).returncode == 0:
                     break

@@ -16,6 +16,7 @@ Invariants:
   ``ping_timeout`` without any packet (DRBD's own detection).
 - With ``fencing resource-and-stonith`` a Primary that loses its peer freezes
   writes before anything else and stays frozen until the fence-peer handler
+<<<<<<< HEAD
   exits 3, 4, 5 or 7, or ``resume-io``.
 - With ``transitions`` configured, every change of role, disk, connection and
   suspension and every acknowledged write is appended to the lab's
@@ -26,6 +27,10 @@ Invariants:
   (``data_file``, kept across restarts like the disk itself): a write is
   held by the writer and, once replicated, by the peer; a finished resync
   gives the target exactly the source's set; a failed disk holds nothing.
+=======
+  exits 3, 4, 5 or 7, ``resume-io``, or the peer connects again; a handler
+  started before that reconnect has its exit code ignored.
+>>>>>>> redteam-drbd
 """
 
 from __future__ import annotations
@@ -117,6 +122,7 @@ class Node:
         self.stats = {"ns": 0, "nr": 0, "dw": 0, "dr": 0}
         self.discard_next = False
         self.new_uuid_pending = False
+        self.connects = 0  # handshakes that ended Connected (DRBD's connect_cnt)
         self.link: Link | None = None
         self.subscribers: list[Subscriber] = []
         self.helpers: set[str] = set()
@@ -125,6 +131,9 @@ class Node:
         self._write_waiters: dict[int, asyncio.Future[bool]] = {}
         self._seq = 0
         self._promoting = False
+        # We told the peer it may promote and it has not reported the outcome yet (DRBD 9 holds the
+        # cluster-wide state change until commit or abort): no promotion of our own meanwhile.
+        self._peer_promoting = False
         self._resync_task: asyncio.Task[None] | None = None
         self._fence_task: asyncio.Task[int] | None = None
         self.boot = os.urandom(4).hex()  # write ids of this run never collide with an earlier one's
@@ -254,9 +263,11 @@ class Node:
         return code
 
     async def fence_peer(self) -> int:
+        connects = self.connects
         code = await self.run_helper("fence-peer")
-        if self.conn == "Connected":
-            log(f"ignoring fence-peer exit code {code}: connected again")
+        if self.connects != connects:
+            # DRBD compares its connect count: an answer about a connection that came back is void.
+            log(f"ignoring fence-peer exit code {code}: the connection was re-established meanwhile")
             return code
         if code in (4, 7) or (code == 5 and self.disk == "UpToDate"):
             self.peer_disk, self.meta.peer_outdated = "Outdated", True
@@ -271,6 +282,12 @@ class Node:
         self.publish()
         return code
 
+    def _unfence(self) -> None:
+        """The peer is UpToDate again. Only DRBD 9 has an unfence-peer helper; an 8.4 kernel tells
+        the fencing node nothing (8.4 unfences with after-resync-target, run on the sync target)."""
+        if self.cfg["version"] != "8.4":
+            asyncio.get_running_loop().create_task(self.run_helper("unfence-peer"))
+
     def fencing_on(self) -> bool:
         return self.conf["fencing"] in ("resource-only", "resource-and-stonith")
 
@@ -280,14 +297,17 @@ class Node:
         if self.role == "Primary":
             return
         if self.conn == "Connected":
-            if self.peer_role == "Primary" and not self.conf["allow_two_primaries"]:
+            if (self.peer_role == "Primary" or self._peer_promoting) and not self.conf["allow_two_primaries"]:
                 raise Refused(-1)
+            if self.disk not in ("UpToDate", "Inconsistent"):
+                raise Refused(-2)
             self._promoting = True
             try:
                 ok = await self._ask_peer_promote()
             finally:
                 self._promoting = False
             if not ok:
+                self._send_state()  # the abort: a peer that granted stops waiting for our outcome
                 raise Refused(-1)
         elif not force:
             if self.disk not in ("UpToDate", "Consistent"):
@@ -303,8 +323,6 @@ class Node:
                     raise Refused(-7)
             elif self.disk == "Consistent":
                 raise Refused(-2)
-        if self.conn == "Connected" and self.disk not in ("UpToDate", "Inconsistent"):
-            raise Refused(-2)
         if self.disk == "Consistent" or force:
             self.disk = self.meta.disk = "UpToDate"
         self._writable_at = time.monotonic()
@@ -441,6 +459,9 @@ class Node:
                 self._hold(wid)
                 self.publish()
                 return self._acked(wid, True)
+            if self.disk != "UpToDate":
+                # Neither local nor remote UpToDate data: DRBD fails the request (on-no-data-accessible io-error).
+                return {"ok": False, "error": f"I/O error: no UpToDate data (local disk {self.disk}, no peer)"}
             if self.new_uuid_pending:
                 self.meta.rotate(self.rng, True)
                 self.new_uuid_pending = False
@@ -494,13 +515,20 @@ class Node:
         if hs.kind in ("split-brain", "unrelated", "primary-would-be-target"):
             await self._refuse_connection(hs)
             return
+        if self.role == "Primary" and peer["role"] == "Primary" and not self.conf["allow_two_primaries"]:
+            # The same data generation (DRBD 9 starts a new one only at the first write), but DRBD
+            # will not be Connected with two Primaries: the attempt fails and is retried.
+            log("Multiple primaries not allowed by config: peer is Primary too")
+            self._drop_link("peer is Primary too")
+            return
         self.conn, self.peer_role = "Connected", peer["role"]
+        self.connects += 1
+        self.susp.discard("fencing")  # the peer is back: DRBD resumes the writes it froze for fencing
         self._apply_handshake(hs, peer)
         self.publish()
-        unfence = hs.kind in ("no-sync",) and self.meta.peer_outdated
-        if unfence:
+        if hs.kind == "no-sync" and self.meta.peer_outdated:
             self.meta.peer_outdated = False
-            asyncio.get_running_loop().create_task(self.run_helper("unfence-peer"))
+            self._unfence()
         pinger = asyncio.get_running_loop().create_task(self._ping(link))
         try:
             await self._serve(link)
@@ -556,7 +584,7 @@ class Node:
                 self.publish()
                 if self.meta.peer_outdated:
                     self.meta.peer_outdated = False
-                    await self.run_helper("unfence-peer")
+                    self._unfence()
                 return
             self.meta.oos_kib = rs["left"]
             self.publish()
@@ -592,9 +620,12 @@ class Node:
                 return
             if t == "state":
                 self.peer_role, self.peer_disk = msg["role"], msg["disk"]
+                self._peer_promoting = False
                 self.publish()
             elif t == "promote_req":
-                ok = self.role != "Primary" and not (self._promoting and self.cfg["node_id"] < self.cfg["peer_node_id"])
+                ok = (self.role != "Primary" and not self._peer_promoting
+                      and not (self._promoting and self.cfg["node_id"] < self.cfg["peer_node_id"]))
+                self._peer_promoting = ok and not self.conf["allow_two_primaries"]
                 link.send({"t": "promote_ack", "id": msg["id"], "ok": ok or self.conf["allow_two_primaries"]})
             elif t == "promote_ack":
                 fut = self._promote_waiters.get(msg["id"])
@@ -629,6 +660,7 @@ class Node:
 
     def _drop_link(self, reason: str, final: str = "Connecting") -> None:
         link, self.link = self.link, None
+        self._peer_promoting = False
         was_connected = self.conn == "Connected"
         if link is not None:
             link.close()

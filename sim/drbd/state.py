@@ -6,11 +6,14 @@ these methods; everything that decides lives here so the rules read in one
 place.
 
 Rules kept (DRBD 8.4 and 9, ``shared/reference/drbd.md``):
-- No second Primary while Connected (-1), unless allow-two-primaries.
+- No second Primary while Connected (-1), unless allow-two-primaries; a node
+  that let its peer promote refuses its own promotion until the peer reports;
+  two Primaries do not connect (the attempt is dropped and retried).
 - Promotion needs UpToDate data (-2, exit 17); a Consistent disk (a node that
   attached without its peer) may promote only after the fence-peer handler
   outdated the peer; with fencing configured, a disconnected promotion whose
   peer disk is unknown needs the handler to succeed, else -7.
+- Writes fail when neither the local disk nor a connected peer is UpToDate.
 - A disk outdated by its peer cannot promote; ``outdate`` is refused while
   Connected (-6) and on Inconsistent disks (-16, exit 5).
 - New data generation (current UUID) when a disconnected Primary writes (9:
