@@ -16,8 +16,8 @@ Invariants:
   ``ping_timeout`` without any packet (DRBD's own detection).
 - With ``fencing resource-and-stonith`` a Primary that loses its peer freezes
   writes before anything else and stays frozen until the fence-peer handler
-<<<<<<< HEAD
-  exits 3, 4, 5 or 7, or ``resume-io``.
+  exits 3, 4, 5 or 7, ``resume-io``, or the peer connects again; a handler
+  started before that reconnect has its exit code ignored.
 - With ``transitions`` configured, every change of role, disk, connection and
   suspension and every acknowledged write is appended to the lab's
   transition log (``sim.nodelab.transitions``) with ``time.monotonic()``, in
@@ -27,10 +27,6 @@ Invariants:
   (``data_file``, kept across restarts like the disk itself): a write is
   held by the writer and, once replicated, by the peer; a finished resync
   gives the target exactly the source's set; a failed disk holds nothing.
-=======
-  exits 3, 4, 5 or 7, ``resume-io``, or the peer connects again; a handler
-  started before that reconnect has its exit code ignored.
->>>>>>> redteam-drbd
 """
 
 from __future__ import annotations
