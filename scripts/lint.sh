@@ -4,6 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 V=.venv/bin
+if git grep -nE '^(<<<<<<< |>>>>>>> |=======$)' -- . ':!*.svg' >/dev/null 2>&1; then
+    git grep -nE '^(<<<<<<< |>>>>>>> |=======$)' -- . ':!*.svg' >&2
+    echo "lint: merge-conflict markers left in tracked files" >&2
+    exit 1
+fi
 dirs=$(for d in daemon policy fencing sim tests bench scripts; do [ -d "$d" ] && echo "$d"; done)
 # shellcheck disable=SC2086
 $V/ruff check --quiet $dirs
