@@ -63,8 +63,9 @@ def step(state: PolicyState, facts: Facts, settings: Settings, *, mutations: Mut
 
 def _bookkeeping(c: Ctx) -> None:
     f, s, d = c.f, c.s, c.d
-    if f.stalled:
-        # receivers drained; observe afresh for a full timeout; delays count from fresh loss
+    if f.stalled or c.st.published is None:
+        # after a stall (receivers drained) or a daemon (re)start: observe afresh for a full
+        # timeout before any fence or promotion; delays count from freshly observed loss
         c.vol(observe_until=f.now + s.heartbeat_timeout, lost_at=None, fence_not_before=None, probe_requested_at=None)
     rep = c.rep
     if c.status is PeerStatus.HEARD and rep is not None:
@@ -76,8 +77,9 @@ def _bookkeeping(c: Ctx) -> None:
         if not c.held and f.drbd.connection is Conn.CONNECTED and both_up and rep.epoch > c.d.epoch:
             c.upd(epoch=rep.epoch)
         g = c.d.grant_out
-        if g is not None and (rep.decline == g.grant_id or (rep.holds and g.grantee == s.peer)):
-            c.upd(grant_out=None)
+        stale = g is not None and g.grantor_incarnation != f.local.incarnation and rep.ack != g.grant_id
+        if g is not None and (rep.decline == g.grant_id or (rep.holds and g.grantee == s.peer) or stale):
+            c.upd(grant_out=None)   # declined, taken over, or void (issued by an earlier incarnation, not acknowledged)
         offer = view.grant_offered_to_me(f, s)
         if c.d.grant_ack is not None and offer != c.d.grant_ack and not c.held and f.sequence is None:
             c.upd(grant_ack=None)
@@ -97,7 +99,7 @@ def _bookkeeping(c: Ctx) -> None:
             n = c.d.episode_counter + 1
             ep = LossEpisode(s.peer, rep.incarnation if rep else None, rep.boot_id if rep else None, n)
             c.upd(episode_counter=n, episode=ep)
-        if c.status is PeerStatus.LOST and c.v.lost_at is None and f.now >= c.v.observe_until:
+        if c.status in (PeerStatus.LOST, PeerStatus.NEVER) and c.v.lost_at is None and f.now >= c.v.observe_until:
             c.vol(lost_at=f.now)
         if view.record_for(f, c.d.episode) is not None and c.d.grant_out is not None:
             c.upd(grant_out=None)   # the grantee is fenced
@@ -191,16 +193,16 @@ def _cause_gone(c: Ctx, cause: BlockCause) -> bool:
 def _blocked(c: Ctx) -> Outcome | None:
     """BLOCKED is sticky; only an operator's unblock with the cause gone leaves it."""
     f = c.f
-    if c.d.block is None:
+    block = c.d.block
+    if block is None:
         if f.drbd.split_brain:
-            c.upd(block=Block(BlockCause.SPLIT_BRAIN, f"DRBD reports split brain (data {f.drbd.data_uuid})"))
+            block = Block(BlockCause.SPLIT_BRAIN, f"DRBD reports split brain (data {f.drbd.data_uuid})")
         elif f.drbd.config_safe is False:
-            c.upd(block=Block(BlockCause.UNSAFE_DRBD_CONFIG, f"unsafe DRBD configuration: {f.drbd.config_problem}"))
+            block = Block(BlockCause.UNSAFE_DRBD_CONFIG, f"unsafe DRBD configuration: {f.drbd.config_problem}")
         else:
             return None
-        assert c.d.block is not None
-        c.alert("blocked", c.d.block.detail)
-    block = c.d.block
+        c.upd(block=block)
+        c.alert("blocked", block.detail)
     if f.intent.unblock_seq > c.d.unblock_seen:
         c.upd(unblock_seen=f.intent.unblock_seq)
         if _cause_gone(c, block.cause):
@@ -244,13 +246,18 @@ def _shutdown_alone(c: Ctx) -> Outcome | None:
 
 
 def _peer_unusable(c: Ctx) -> Outcome | None:
-    code, sentence = {
-        PeerStatus.INCOMPATIBLE: (Code.PEER_INCOMPATIBLE, f"{c.s.peer} speaks an unknown protocol version: alive; no fence, no move"),
-        PeerStatus.UNAUTHENTICATED: (Code.PEER_KEY_MISMATCH, f"datagrams from {c.s.peer} fail authentication (key mismatch?): something is alive there; no fence, no takeover"),
-        PeerStatus.RESTARTING: (Code.PEER_RESTARTING, f"{c.s.peer} announced a restart; expected back before {c.rep.restarting_until if c.rep else 0:.2f}"),
-    }.get(c.status, (None, ""))
-    if code is None:
-        return None
+    """The peer is alive but cannot be used (version, key) or is restarting: no fence, no move."""
+    peer = c.s.peer
+    match c.status:
+        case PeerStatus.INCOMPATIBLE:
+            code, sentence = Code.PEER_INCOMPATIBLE, f"{peer} speaks an unknown protocol version: alive; no fence, no move"
+        case PeerStatus.UNAUTHENTICATED:
+            code, sentence = Code.PEER_KEY_MISMATCH, f"datagrams from {peer} fail authentication (key mismatch?): something is alive there; no fence, no takeover"
+        case PeerStatus.RESTARTING:
+            until = c.rep.restarting_until if c.rep is not None else None
+            code, sentence = Code.PEER_RESTARTING, f"{peer} announced a restart; expected back before {until if until is not None else 0:.2f}"
+        case _:
+            return None
     c.alert(code.value, sentence)
     if c.held:
         return held_without_peer(c, code, sentence)
@@ -258,8 +265,8 @@ def _peer_unusable(c: Ctx) -> Outcome | None:
 
 
 def _peer_gone(c: Ctx) -> Outcome | None:
-    if c.status not in (PeerStatus.LOST, PeerStatus.LEFT):
-        return None
+    if c.status not in (PeerStatus.LOST, PeerStatus.LEFT, PeerStatus.NEVER):
+        return None   # NEVER here: a restarted daemon that heard the peer earlier this boot
     return peer_gone(c)
 
 
@@ -321,9 +328,12 @@ def gate_valid(state: PolicyState, facts: Facts, settings: Settings, gate: str) 
     match kind:
         case "stop" | "stop_now" | "handover":
             return True   # giving resources up is always allowed
+        case "held" | "grant" | "episode" if facts.drbd.role is Role.PRIMARY:
+            # past the DRBD step: DRBD keeps the peer Secondary while Connected; only a peer
+            # that reports itself Primary makes going on wrong
+            return not (status is PeerStatus.HEARD and facts.peer.report is not None and facts.peer.report.drbd_primary)
         case "held":
-            return facts.drbd.role is Role.PRIMARY and not (status is PeerStatus.HEARD and facts.peer.report is not None
-                                                             and facts.peer.report.drbd_primary)
+            return False
         case "grant":
             rep = facts.peer.report
             return (d.grant_ack is not None and d.grant_ack.grant_id == ident and status is PeerStatus.HEARD

@@ -114,7 +114,7 @@ def peer_can_take(f: Facts, s: Settings, rep: PeerReport) -> bool:
 def peer_was_active(d: Durable, rep: PeerReport | None) -> bool:
     """The peer was active when last heard, or is the grantee that acknowledged our grant."""
     if rep is None:
-        return False
+        return True    # unknown (a restarted daemon): assume it was, so the delay applies
     g = d.grant_out
     return rep.holds or rep.phase in ACTIVE_PHASES or (g is not None and rep.ack == g.grant_id)
 

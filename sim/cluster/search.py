@@ -1,0 +1,198 @@
+"""Fault schedules: run one, generate random ones, explore short ones
+exhaustively, and shrink a failing one to a minimal replayable schedule.
+
+A run: both nodes boot together, the schedule's commands are applied at
+their times, at ``heal_at`` every fault is repaired (``heal_all``), and the
+service must be back on exactly one node within ``liveness_bound`` virtual
+seconds (the bound the fast timings predict, see ``predicted_bound``).
+Safety violations are collected by the oracle at every tick.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import random
+from collections.abc import Iterator, Sequence
+
+from clever_cluster.policy import NO_MUTATIONS, Mutations, Phase
+
+from .script import Command, apply, heal_all
+from .world import FAST_SETTINGS, FAST_TIMING, World
+
+# One event per kind the issue names, node-specific ones aimed at node1 (the
+# node a cold start makes active) except the standby's fence device.
+EXHAUSTIVE_ALPHABET: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("power-off", ("node1",)),
+    ("crash", ("node1",)),
+    ("hang", ("node1", "4")),
+    ("cut", ("bond0",)),
+    ("cut", ("lan",)),
+    ("heal", ()),
+    ("gateway-down", ("node1",)),
+    ("gateway-down", ("node2",)),
+    ("device", ("node2", "1", "fail")),
+    ("migrate", ("node1",)),
+)
+
+RANDOM_ALPHABET: tuple[tuple[str, tuple[str, ...]], ...] = (
+    *[(v, (n,)) for n in ("node1", "node2") for v in ("power-off", "power-on", "crash", "restart", "reboot",
+                                                          "gateway-down", "gateway-up", "migrate", "unmigrate",
+                                                          "standby", "unstandby")],
+    *[("hang", (n, d)) for n in ("node1", "node2") for d in ("2", "5", "12")],
+    *[("cut", (ln,)) for ln in ("bond0", "lan")],
+    *[("cut", (ln, "from", n)) for ln in ("bond0", "lan") for n in ("node1", "node2")],
+    ("heal", ()), ("heal", ("bond0",)), ("heal", ("lan",)),
+    ("loss", ("all", "0.3")), ("burst", ("all", "2")),
+    *[("device", (n, "1", m)) for n in ("node1", "node2")
+      for m in ("ok", "fail", "hang", "unreachable", "slow", "dies_with_node", "wrong_machine", "accept_only")],
+    *[("vm-crash", (n, v)) for n in ("node1", "node2") for v in ("vm1", "vm2")],
+    ("forcestop", ()), ("forcestart", ()), ("cleanup", ()),
+    ("proto", ("node2", "6")), ("proto", ("node2", "5")), ("key", ("node2", "k2", "k1")), ("key", ("node1", "k1", "k2")),
+)
+
+
+def predicted_bound(settings: dict[str, float] = FAST_SETTINGS) -> float:
+    """Worst case from 'everything healed' to 'service up', from the configured timings."""
+    t = FAST_TIMING
+    s = settings
+    return (t.boot + t.daemon_restart + s["heartbeat_timeout"] + s["silent_peer_grace"] + s["priority_delay"]
+            + s["random_delay"] + t.device_timeout + s["retry_backoff_max"] + t.ping_timeout
+            + t.seq_step * 2 * 8 + s["gateway_dampen"] + 10 * s["heartbeat_interval"])
+
+
+@dataclasses.dataclass
+class Outcome:
+    violations: list[str]
+    world: World
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    heal_at: float = 45.0
+    bound: float = dataclasses.field(default_factory=predicted_bound)
+    mutations: Mutations = NO_MUTATIONS
+    liveness: bool = True
+
+
+def new_world(seed: int, cfg: RunConfig) -> World:
+    return World(seed=seed, settings=FAST_SETTINGS, timing=FAST_TIMING, mutations=cfg.mutations)
+
+
+def run(seed: int, schedule: Sequence[Command], cfg: RunConfig = RunConfig()) -> Outcome:
+    w = new_world(seed, cfg)
+    pending = sorted(schedule, key=lambda c: c.at)
+    i = 0
+    while w.t < cfg.heal_at - 1e-9:
+        while i < len(pending) and pending[i].at <= w.t + 1e-9:
+            apply(w, pending[i])
+            i += 1
+        w.advance()
+    return finish(w, cfg)
+
+
+def finish(w: World, cfg: RunConfig) -> Outcome:
+    heal_all(w)
+    end = w.t + cfg.bound
+    while w.t < end - 1e-9 and not w.oracle.violations:
+        w.advance()
+    out = [str(v) for v in w.oracle.violations]
+    if cfg.liveness and not out:
+        up = w.service_up()
+        if up is None:
+            out.append(f"liveness: service not back {cfg.bound:g}s after every fault healed: {status_line(w)}")
+        for n in w.nodes.values():
+            if n.alive and n.state.phase is Phase.BLOCKED:
+                out.append(f"liveness: {n.name} BLOCKED after every fault healed ({n.state.durable.block})")
+    return Outcome(out, w)
+
+
+def status_line(w: World) -> str:
+    parts = []
+    for n in w.nodes.values():
+        dn = w.drbd.n[n.name]
+        parts.append(f"{n.name}[{n.daemon} {n.state.phase} {n.state.last_code} drbd {dn.role}/{dn.conn}/{dn.disk} "
+                     f"mounted={n.mounted} ip={n.ip} vms={[v.state.value for v in n.vms.values()]}]")
+    return "; ".join(parts)
+
+
+def random_schedule(rng: random.Random, *, events: int = 6, start: float = 2.0, end: float = 40.0,
+                    alphabet: Sequence[tuple[str, tuple[str, ...]]] = RANDOM_ALPHABET) -> list[Command]:
+    out = []
+    for _ in range(events):
+        verb, args = rng.choice(alphabet)
+        out.append(Command(float(rng.randint(int(start), int(end))), verb, args))
+    return sorted(out, key=lambda c: c.at)
+
+
+def random_search(seeds: range, cfg: RunConfig = RunConfig(), events: int = 6,
+                  alphabet: Sequence[tuple[str, tuple[str, ...]]] = RANDOM_ALPHABET) -> Iterator[tuple[int, list[Command], Outcome]]:
+    """Yield every failing (seed, schedule, outcome)."""
+    for seed in seeds:
+        sched = random_schedule(random.Random(seed), events=events, alphabet=alphabet)
+        out = run(seed, sched, cfg)
+        if not out.ok:
+            yield seed, sched, out
+
+
+def shrink(seed: int, schedule: list[Command], cfg: RunConfig = RunConfig()) -> list[Command]:
+    """Greedy: drop commands one at a time while the run still fails."""
+    cur = list(schedule)
+    changed = True
+    while changed:
+        changed = False
+        for i in range(len(cur)):
+            cand = cur[:i] + cur[i + 1:]
+            if not run(seed, cand, cfg).ok:
+                cur = cand
+                changed = True
+                break
+    return cur
+
+
+def report(seed: int, schedule: list[Command], outcome: Outcome, cfg: RunConfig = RunConfig()) -> str:
+    small = shrink(seed, schedule, cfg)
+    again = run(seed, small, cfg)
+    lines = [f"seed {seed}: {outcome.violations[0]}", "minimal replayable schedule (sim.cluster.search.run(seed, parse(...))):"]
+    lines += [f"  {c}" for c in small]
+    lines.append(f"  -> {again.violations[0] if again.violations else 'passes when shrunk?'}")
+    tail = [ln for ln in again.world.log][-25:]
+    lines += ["last decisions:"] + [f"  {ln.t:7.2f} {ln.node} {ln.phase:<11} {ln.code} {list(ln.actions)} | {ln.sentence}" for ln in tail]
+    return "\n".join(lines)
+
+
+def exhaustive(depth: int, slot: float = 4.0, cfg: RunConfig = RunConfig(heal_at=0.0),
+               alphabet: Sequence[tuple[str, tuple[str, ...]]] = EXHAUSTIVE_ALPHABET,
+               warmup: float = 12.0) -> Iterator[tuple[list[Command], Outcome]]:
+    """Every sequence of ``depth`` events from ``alphabet``, one per ``slot``, after a warm-up.
+
+    Prefixes are shared: the world after each prefix is copied, not replayed.
+    Yields failing (schedule, outcome) pairs; the count of leaves is len(alphabet)**depth."""
+    base = new_world(0, cfg)
+    base.run_until(warmup)
+
+    def rec(w: World, prefix: list[Command]) -> Iterator[tuple[list[Command], Outcome]]:
+        if w.oracle.violations:
+            yield prefix, Outcome([str(v) for v in w.oracle.violations], w)
+            return
+        if len(prefix) == depth:
+            out = finish(w, cfg)
+            if not out.ok:
+                yield prefix, out
+            return
+        for verb, args in alphabet:
+            c = Command(w.t, verb, args)
+            w2 = copy.deepcopy(w) if len(prefix) + 1 < depth else _cheap_copy(w)
+            apply(w2, c)
+            w2.run_until(w2.t + slot)
+            yield from rec(w2, [*prefix, c])
+
+    yield from rec(base, [])
+
+
+def _cheap_copy(w: World) -> World:
+    return copy.deepcopy(w)
