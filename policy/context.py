@@ -39,10 +39,14 @@ class Ctx:
 
     # ------------------------------------------------------------ building
     def upd(self, **kw: Any) -> None:
-        self.d = dataclasses.replace(self.d, **kw)
+        changed = {k: v for k, v in kw.items() if getattr(self.d, k) != v}
+        if changed:
+            self.d = dataclasses.replace(self.d, **changed)
 
     def vol(self, **kw: Any) -> None:
-        self.v = dataclasses.replace(self.v, **kw)
+        changed = {k: v for k, v in kw.items() if getattr(self.v, k) != v}
+        if changed:
+            self.v = dataclasses.replace(self.v, **changed)
 
     def act(self, a: Action) -> None:
         self.actions.append(a)

@@ -53,7 +53,7 @@ def _decide_delay(c: Ctx, lost_at: float) -> float:
     if c.v.operator_fence or _self_active(c):
         return 0.0
     if view.peer_was_active(c.d, c.rep):
-        if f.fencing.peer_reported_off or c.m.skip_priority_delay:
+        if c.m.skip_priority_delay:
             return 0.0
         return s.priority_delay + jitter
     # nobody active: the election order is the bias
@@ -109,16 +109,23 @@ def peer_gone(c: Ctx) -> Outcome:
     if not_before is None:
         not_before = lost_at + _decide_delay(c, lost_at)
         c.vol(fence_not_before=not_before)
+    if f.fencing.peer_reported_off and view.peer_was_active(c.d, c.rep):
+        not_before = lost_at    # re-read at each decision: the device reports the peer's machine OFF now
     if f.now < not_before:
         c.wait_until(not_before)
         return Phase.FENCING, Code.PEER_LOST_WAITING_DELAY, f"{s.peer} lost at {lost_at:.2f} and was active: waiting until {not_before:.2f} (priority_delay {s.priority_delay:g}s + jitter) before fencing"
     if not c.m.drop_s7:
         fresh = f.gateway.fresh
         req = c.v.probe_requested_at
+        if req is not None and (req < not_before or (fresh is not None and fresh.taken_at >= req
+                                                     and f.now - fresh.taken_at > s.heartbeat_timeout)):
+            req = None   # taken before the delay ended, or too old: not "at decision time"
         if req is None or fresh is None or fresh.taken_at < req:
             if req is None or f.now - req > 2 * s.heartbeat_timeout:
                 c.vol(probe_requested_at=f.now)
                 c.act(ProbeGateway(f.now))
+            elif req != c.v.probe_requested_at:
+                c.vol(probe_requested_at=req)
             return Phase.FENCING, Code.PEER_LOST_PROBING_GATEWAY, f"{s.peer} lost; fresh gateway probe requested for the fence gate (S7)"
         if not fresh.reachable:
             if f.now - fresh.taken_at >= s.retry_backoff:
@@ -169,6 +176,8 @@ def after_fence(c: Ctx, rec: FenceRecord) -> Outcome:
         return Phase.FENCING, Code.FENCE_CONFIRMED_DISCONNECTING, f"{s.peer} confirmed off ({how}); DRBD still shows it Connected: disconnect before promoting"
     blocker = c.promote_blocker(accept_data_loss=rec.accept_data_loss)
     if blocker is not None:
+        if f.drbd.connection is Conn.STANDALONE and not f.drbd.split_brain:
+            c.act(ReconnectDrbd())     # not promoting: let the peer resync when it returns
         c.alert("promote_refused", blocker[1])
         return Phase.SECONDARY, blocker[0], f"{s.peer} confirmed off ({how}) but not promoting: {blocker[1]}"
     wait = c.recent_failure()

@@ -148,6 +148,7 @@ class Grant:
     grantee: str
     grantor_incarnation: int
     epoch: Epoch
+    grantee_incarnation: int | None = None   # the grantee daemon it was offered to; a restarted grantee must be offered anew
 
     def __str__(self) -> str:
         return f"{self.kind} {self.grant_id} {self.grantor}->{self.grantee}"

@@ -125,7 +125,8 @@ def vm_duty(c: Ctx) -> Outcome | None:
 
 def new_grant(c: Ctx, kind: GrantKind) -> Grant:
     n = c.d.grant_counter + 1
-    g = Grant(f"{c.s.node}-{c.f.local.incarnation}-{n}", kind, c.s.node, c.s.peer, c.f.local.incarnation, c.d.epoch)
+    g = Grant(f"{c.s.node}-{c.f.local.incarnation}-{n}", kind, c.s.node, c.s.peer, c.f.local.incarnation, c.d.epoch,
+              c.rep.incarnation if c.rep is not None else None)
     c.upd(grant_counter=n, grant_out=g)
     return g
 
@@ -203,6 +204,9 @@ def secondary(c: Ctx) -> Outcome:
         if f.local.shutting_down:
             return Phase.SECONDARY, Code.SHUTDOWN_READY, f"clean stop: {s.peer} is {rep.phase}; nothing held here; leaving"
         return Phase.SECONDARY, Code.NO_ACTION_SECONDARY, f"standby; {s.peer} is {rep.phase} with epoch {rep.epoch}"
+    if f.drbd.connection is Conn.STANDALONE and not f.drbd.split_brain:
+        c.act(ReconnectDrbd())
+        return Phase.SECONDARY, Code.RECONNECTING_DRBD, f"DRBD StandAlone and {s.peer} heard: connect"
     if f.local.shutting_down:
         if c.d.grant_out is not None and c.d.grant_out.kind is GrantKind.HANDOVER:
             return Phase.SECONDARY, Code.SHUTDOWN_WAITING_HANDOVER, f"clean stop: waiting for {s.peer} to take over ({c.d.grant_out.grant_id})"

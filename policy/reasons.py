@@ -147,7 +147,7 @@ TABLE: dict[Code, Row] = {
     Code.PEER_OUTDATED_ANSWERED: Row((P.PRIMARY,), "The peer's disk is Outdated: answered the fence-peer handler with 4; new epoch."),
     Code.RESUMING_IO: Row((P.PRIMARY,), "DRBD I/O is frozen with no handler running and the evidence is in hand: resume-io."),
     Code.OUTDATING_LOCAL_DISK: Row((P.SECONDARY, P.MAINTENANCE, P.BLOCKED), "The peer's fence-peer handler asked this node to outdate its disk."),
-    Code.RECONNECTING_DRBD: Row((P.PRIMARY,), "DRBD was disconnected from the fenced peer; reconnect so it resyncs when it returns."),
+    Code.RECONNECTING_DRBD: Row((P.PRIMARY, P.SECONDARY), "DRBD is StandAlone without split brain (this node disconnected a fenced peer): connect again so the peer resyncs."),
     Code.HANDOVER_DEMOTING: Row((P.DEMOTING,), "Moving to the peer: saving VMs, removing the IP, unmounting, DRBD Secondary; then grant."),
     Code.HANDOVER_GRANTED: Row((P.SECONDARY,), "Demoted and granted the handover; waiting for the peer to acknowledge and promote."),
     Code.HANDOVER_ACKNOWLEDGED: Row((P.SECONDARY,), "Acknowledged the peer's grant (or yield); this node counts as active from now on."),

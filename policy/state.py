@@ -32,6 +32,7 @@ class Durable:
     peer_epoch_seen: Epoch = ZERO_EPOCH
     episode_counter: int = 0
     episode: LossEpisode | None = None
+    episode_boot: str | None = None            # local boot id the episode was opened in (S4: never carried across a reboot)
     peer_heard_boot: str | None = None       # boot id during which the peer was heard (S4 marker)
     block: Block | None = None
     grant_counter: int = 0

@@ -67,6 +67,8 @@ def _bookkeeping(c: Ctx) -> None:
         # after a stall (receivers drained) or a daemon (re)start: observe afresh for a full
         # timeout before any fence or promotion; delays count from freshly observed loss
         c.vol(observe_until=f.now + s.heartbeat_timeout, lost_at=None, fence_not_before=None, probe_requested_at=None)
+    if c.d.episode is not None and c.d.episode_boot != f.local.boot_id:
+        c.upd(episode=None, episode_boot=None)    # an episode of an earlier boot is never carried on (S4)
     rep = c.rep
     if c.status is PeerStatus.HEARD and rep is not None:
         c.upd(peer_heard_boot=f.local.boot_id, episode=None)
@@ -77,7 +79,8 @@ def _bookkeeping(c: Ctx) -> None:
         if not c.held and f.drbd.connection is Conn.CONNECTED and both_up and rep.epoch > c.d.epoch:
             c.upd(epoch=rep.epoch)
         g = c.d.grant_out
-        stale = g is not None and g.grantor_incarnation != f.local.incarnation and rep.ack != g.grant_id
+        stale = g is not None and rep.ack != g.grant_id and (
+            g.grantor_incarnation != f.local.incarnation or g.grantee_incarnation not in (None, rep.incarnation))
         if g is not None and (rep.decline == g.grant_id or (rep.holds and g.grantee == s.peer) or stale):
             c.upd(grant_out=None)   # declined, taken over, or void (issued by an earlier incarnation, not acknowledged)
         offer = view.grant_offered_to_me(f, s)
@@ -98,7 +101,7 @@ def _bookkeeping(c: Ctx) -> None:
         if c.d.episode is None:
             n = c.d.episode_counter + 1
             ep = LossEpisode(s.peer, rep.incarnation if rep else None, rep.boot_id if rep else None, n)
-            c.upd(episode_counter=n, episode=ep)
+            c.upd(episode_counter=n, episode=ep, episode_boot=f.local.boot_id)
         if c.status in (PeerStatus.LOST, PeerStatus.NEVER) and c.v.lost_at is None and f.now >= c.v.observe_until:
             c.vol(lost_at=f.now)
         if view.record_for(f, c.d.episode) is not None and c.d.grant_out is not None:

@@ -140,7 +140,8 @@ def grant_offered_to_me(f: Facts, s: Settings) -> Grant | None:
     if rep is None or rep.grant is None:
         return None
     g = rep.grant
-    if g.grantee != s.node or g.grantor != s.peer or g.grantor_incarnation != rep.incarnation:
+    if g.grantee != s.node or g.grantor != s.peer or g.grantor_incarnation != rep.incarnation \
+            or g.grantee_incarnation not in (None, f.local.incarnation):
         return None
     return g
 

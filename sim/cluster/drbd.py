@@ -40,6 +40,11 @@ class DataTree:
         self.writes.append(Write(parent, wid if app else p.uuid, p.images if images is None else images))
         return wid
 
+    def clone(self) -> DataTree:
+        t = DataTree()
+        t.writes = list(self.writes)     # Write objects are never changed after creation
+        return t
+
     def contains(self, head: int, wid: int) -> bool:
         """Is write ``wid`` part of the data at ``head``?"""
         x = head
@@ -75,6 +80,11 @@ class DrbdPair:
         self.ping_timeout = ping_timeout
         self.n: dict[str, DrbdNode] = {names[0]: DrbdNode(), names[1]: DrbdNode()}
         self.names = names
+
+    def clone(self, tree: DataTree) -> DrbdPair:
+        c = DrbdPair(self.names, tree, self.ping_timeout)
+        c.n = {k: dataclasses.replace(v) for k, v in self.n.items()}
+        return c
 
     def other(self, name: str) -> str:
         return self.names[1] if name == self.names[0] else self.names[0]

@@ -64,12 +64,12 @@ class Device:
         return self.time
 
     def outcome(self, target_powered: bool) -> Result:
-        """What the device reports when its operation ends (after acting)."""
+        """What the device reports when its operation ends: its verification of the power state."""
         match self.mode:
             case Mode.OK | Mode.SLOW:
-                return Result.OFF
+                return Result.OFF if not target_powered else Result.FAILED
             case Mode.DIES_WITH_NODE:
-                return Result.OFF if target_powered else Result.UNREACHABLE
+                return Result.OFF if not target_powered else Result.FAILED
             case Mode.FAIL:
                 return Result.FAILED
             case Mode.HANG:
@@ -85,6 +85,10 @@ class Device:
     def powers_off(self) -> bool:
         return self.mode in (Mode.OK, Mode.SLOW, Mode.DIES_WITH_NODE)
 
+    def off_delay(self) -> float:
+        """When the machine actually goes off after the command (the rest is verification)."""
+        return self.slow_time - self.time if self.mode is Mode.SLOW else 0.0
+
     def reports_off(self, target_powered: bool) -> bool:
         """The periodic status check reads OFF (used to skip the priority delay)."""
         return not target_powered and self.mode in (Mode.OK, Mode.SLOW)
@@ -98,6 +102,7 @@ class Attempt:
     level: int = 0
     device: int = 0
     op_end: float = 0.0
+    off_at: float | None = None      # when the device's power-off takes effect
     op_target_powered: bool = True
     level_ok: bool = True
     running: bool = True

@@ -9,8 +9,8 @@ Invariants:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-from collections.abc import Callable
 
 from clever_cluster.policy import (
     Durable,
@@ -41,10 +41,11 @@ class SeqRun:
     kind: SequenceKind
     gate: str
     started_at: float
-    steps: list[tuple[str, Callable[[], str | None]]]
-    undo: list[Callable[[], None]]
+    steps: list[tuple[str, tuple[object, ...]]]    # (op, args): data, not closures
+    undo: list[str]
     next_at: float
     index: int = 0
+    origin: object = None       # the action that started it (identifies the closures in ``steps``)
 
 
 class Node:
@@ -99,6 +100,18 @@ class Node:
         self.attempt: Attempt | None = None
         self.failures = 0
         self.failures_episode: object = None
+
+    def clone(self) -> Node:
+        c = copy.copy(self)
+        c.records = list(self.records)
+        c.fail_counts = dict(self.fail_counts)
+        c.vms = {k: dataclasses.replace(v) for k, v in self.vms.items()}
+        c.last_heard = dict(self.last_heard)
+        if self.seq is not None:
+            c.seq = dataclasses.replace(self.seq, steps=list(self.seq.steps), undo=list(self.seq.undo))
+        if self.attempt is not None:
+            c.attempt = dataclasses.replace(self.attempt)
+        return c
 
     def holds(self) -> bool:
         return self.mounted or self.ip or any(v.state in (VmState.RUNNING, VmState.PAUSED) for v in self.vms.values())

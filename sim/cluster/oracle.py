@@ -139,6 +139,13 @@ class Oracle:
         self.acked: set[int] = set()
         self.consumed: set[tuple[str, str]] = set()
 
+    def clone(self) -> Oracle:
+        c = Oracle()
+        c.violations = list(self.violations)
+        c.acked = set(self.acked)
+        c.consumed = set(self.consumed)
+        return c
+
     def fail(self, t: float, kind: str, detail: str) -> None:
         self.violations.append(Violation(t, kind, detail))
 

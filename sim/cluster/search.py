@@ -10,7 +10,6 @@ Safety violations are collected by the oracle at every tick.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import random
 from collections.abc import Iterator, Sequence
@@ -95,10 +94,21 @@ def run(seed: int, schedule: Sequence[Command], cfg: RunConfig = RunConfig()) ->
     return finish(w, cfg)
 
 
+def settled(w: World) -> bool:
+    """One node runs the whole group and both decide "nothing to do": nothing further can happen."""
+    up = w.service_up()
+    if up is None:
+        return False
+    codes = {n.name: n.state.last_code for n in w.nodes.values()}
+    other = w._other(up)
+    return (codes[up] == "no_action_primary" and codes[other] == "no_action_secondary"
+            and all(n.alive and n.seq is None for n in w.nodes.values()))
+
+
 def finish(w: World, cfg: RunConfig) -> Outcome:
     heal_all(w)
     end = w.t + cfg.bound
-    while w.t < end - 1e-9 and not w.oracle.violations:
+    while w.t < end - 1e-9 and not w.oracle.violations and not settled(w):
         w.advance()
     out = [str(v) for v in w.oracle.violations]
     if cfg.liveness and not out:
@@ -174,25 +184,34 @@ def exhaustive(depth: int, slot: float = 4.0, cfg: RunConfig = RunConfig(heal_at
     Yields failing (schedule, outcome) pairs; the count of leaves is len(alphabet)**depth."""
     base = new_world(0, cfg)
     base.run_until(warmup)
+    seen: set[tuple[object, ...]] = set()
+    stats.update(leaves=0, distinct=0, pruned=0)
 
     def rec(w: World, prefix: list[Command]) -> Iterator[tuple[list[Command], Outcome]]:
         if w.oracle.violations:
             yield prefix, Outcome([str(v) for v in w.oracle.violations], w)
             return
+        key = (len(prefix), w.fingerprint())
+        if key in seen:
+            stats["pruned"] += len(alphabet) ** (depth - len(prefix))   # this subtree was explored from an identical world
+            return
+        seen.add(key)
         if len(prefix) == depth:
+            stats["distinct"] += 1
             out = finish(w, cfg)
             if not out.ok:
                 yield prefix, out
             return
         for verb, args in alphabet:
             c = Command(w.t, verb, args)
-            w2 = copy.deepcopy(w) if len(prefix) + 1 < depth else _cheap_copy(w)
+            w2 = w.clone()
             apply(w2, c)
             w2.run_until(w2.t + slot)
+            if len(prefix) + 1 == depth:
+                stats["leaves"] += 1
             yield from rec(w2, [*prefix, c])
 
     yield from rec(base, [])
 
 
-def _cheap_copy(w: World) -> World:
-    return copy.deepcopy(w)
+stats: dict[str, int] = {}

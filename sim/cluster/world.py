@@ -11,6 +11,7 @@ a (seed, schedule) pair replays exactly.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import random
 
@@ -150,6 +151,7 @@ class World:
                  vms: tuple[str, ...] = ("vm1", "vm2"), mutations: Mutations = NO_MUTATIONS,
                  preferred_node: str | None = None, write_every: float | None = None) -> None:
         self.t = 0.0
+        self.seed = seed
         self.rng = random.Random(seed)
         self.timing = timing
         self.mutations = mutations
@@ -410,24 +412,48 @@ class World:
         target = self.nodes[dev.target]
         at.op_target_powered = target.powered
         at.op_end = self.t + dev.duration(target.powered)
+        at.off_at = None
+        # the coordinator re-validates its gate (the episode) before each device operation
+        if n.state.durable.episode != at.episode or self._heard(n):
+            at.off_at = None
+            at.op_end = self.t
+            at.detail = "episode closed: the peer was heard again"
+            at.level_ok = False
+            return
+        if dev.powers_off() and target.powered:
+            at.off_at = self.t + dev.off_delay()
+            if at.off_at <= self.t:
+                self._device_off(n, dev)
+                at.off_at = None
+
+    def _heard(self, n: Node) -> bool:
+        s = self.settings[n.name]
+        return any(self.t - v < s.heartbeat_timeout for v in n.last_heard.values())
+
+    def _device_off(self, n: Node, dev: Device) -> None:
+        self.power_off(dev.target, reason=f"fenced by {n.name} ({dev.name})")
 
     def _fence_progress(self, n: Node) -> None:
         at = n.attempt
-        if at is None or not at.running or self.t + 1e-9 < at.op_end:
+        if at is None or not at.running:
             return
         levels = self.devices[n.name]
         dev = levels[at.level][at.device]
+        if at.off_at is not None and self.t + 1e-9 >= at.off_at:
+            at.off_at = None
+            self._device_off(n, dev)
+        if self.t + 1e-9 < at.op_end:
+            return
         target = self.nodes[dev.target]
-        res = dev.outcome(target.powered)
-        if res is Result.OFF and dev.powers_off() and target.powered:
-            self.power_off(dev.target, reason=f"fenced by {n.name} ({dev.name})")
-        expected = n.report.machine_id if n.report is not None else None
-        ok = (res is Result.OFF and target.machine_id == expected and not target.powered) \
-            or (res is Result.ACCEPTED and self.mutations.accepted_counts_as_off)
-        if not ok:
-            at.level_ok = False
-            at.detail = f"level {at.level + 1} {dev.name}: {res}"
-        if at.device + 1 < len(levels[at.level]):
+        if at.level_ok or not at.detail.startswith("episode closed"):
+            res = dev.outcome(target.powered)
+            expected = n.report.machine_id if n.report is not None else None
+            ok = (res is Result.OFF and target.machine_id == expected) \
+                or (res is Result.ACCEPTED and self.mutations.accepted_counts_as_off)
+            if not ok:
+                at.level_ok = False
+                at.detail = f"level {at.level + 1} {dev.name}: {res}"
+        if at.device + 1 < len(levels[at.level]) and at.level_ok:
             at.device += 1
             self._device_begin(n, at)
             return
@@ -438,7 +464,7 @@ class World:
             if self.after_fence_on and dev.powers_off():
                 self.power_on(dev.target, after=self.timing.power_on_after_fence)
             return
-        if at.level + 1 < len(levels):
+        if at.level + 1 < len(levels) and not at.detail.startswith("episode closed"):
             at.level, at.device, at.level_ok = at.level + 1, 0, True
             self._device_begin(n, at)
             return
@@ -459,18 +485,20 @@ class World:
         return "recorded"
 
     # ================================================================ executor model
+    # A sequence is a list of data steps (op, args) interpreted by _run_step, so that a
+    # cloned world carries no closures bound to its parent.
     def _sequence_progress(self, n: Node) -> None:
         sq = n.seq
         if sq is None or self.t + 1e-9 < sq.next_at:
             return
         facts = self.observe(n)
+        op, args = sq.steps[sq.index]
         if not gate_valid(n.state, facts, self.settings[n.name], sq.gate):
-            self._seq_end(n, ok=False, detail=f"gate {sq.gate} no longer valid before {sq.steps[sq.index][0]}")
+            self._seq_end(n, ok=False, detail=f"gate {sq.gate} no longer valid before {op}")
             return
-        name, fn = sq.steps[sq.index]
-        err = fn()
+        err = self._run_step(n, sq, op, args)
         if err is not None:
-            self._seq_end(n, ok=False, detail=f"{name}: {err}")
+            self._seq_end(n, ok=False, detail=f"{op}: {err}")
             return
         sq.index += 1
         sq.next_at = self.t + self.timing.seq_step
@@ -481,18 +509,90 @@ class World:
         sq = n.seq
         assert sq is not None
         if not ok:
-            for undo in reversed(sq.undo):
-                undo()
+            for op in reversed(sq.undo):
+                self._undo(n, op)
         n.last_result = SequenceResult(sq.kind, sq.gate, ok, self.t, detail)
         n.seq = None
 
-    def _begin(self, n: Node, kind: SequenceKind, gate: str, steps: list, undo: list | None = None) -> None:
-        n.seq = SeqRun(kind, gate, self.t, steps, undo if undo is not None else [], self.t + self.timing.seq_step)
+    def _undo(self, n: Node, op: str) -> None:
+        match op:
+            case "drbd_primary":
+                self.drbd.demote(n.name)
+            case "mount":
+                n.mounted = False
+            case "ip":
+                n.ip = False
+            case _:
+                n.vms[op].state, n.vms[op].cause = VmState.STOPPED, StopCause.CLUSTER
+
+    def _begin(self, n: Node, kind: SequenceKind, gate: str, steps: list[tuple[str, tuple[object, ...]]], origin: object) -> None:
+        n.seq = SeqRun(kind, gate, self.t, steps, [], self.t + self.timing.seq_step, origin=origin)
+
+    def _run_step(self, n: Node, sq: SeqRun, op: str, args: tuple[object, ...]) -> str | None:
+        name = n.name
+        dn = self.drbd.n[name]
+        match op:
+            case "drbd_primary":
+                if dn.role is Role.PRIMARY:
+                    return None
+                was_disk = dn.disk
+                force = bool(args[0])
+                err = self.drbd.promote(name, force)
+                if err is None:
+                    sq.undo.append("drbd_primary")
+                    self._oracle_promoted(n, self.nodes[self._other(name)], was_disk, force)
+                return err
+            case "mount":
+                if dn.role is not Role.PRIMARY:
+                    return "DRBD not Primary"
+                if not n.mounted:
+                    n.mounted = True
+                    sq.undo.append("mount")
+                return None
+            case "ip":
+                if not n.ip:
+                    n.ip = True
+                    sq.undo.append("ip")
+                return None
+            case "vm_start":
+                plan = args[0]
+                assert isinstance(plan, VmPlan)
+                was = n.vms[plan.name].state
+                err = self._start_vm(n, plan)
+                if err is None and was is not VmState.RUNNING and sq.kind is SequenceKind.PROMOTE:
+                    sq.undo.append(plan.name)
+                return err
+            case "vm_down":
+                vm_name, token = args
+                assert isinstance(vm_name, str)
+                self._save_vm(n, vm_name, token if isinstance(token, ImageToken) else None)
+                return None
+            case "vm_handover_save":
+                vm_name, grant_id, epoch = args
+                assert isinstance(vm_name, str)
+                tok = ImageToken(ImageKind.HANDOVER, str(grant_id), epoch, self.tree.uuid(dn.head)) if n.mounted else None  # type: ignore[arg-type]
+                self._save_vm(n, vm_name, tok)
+                return None
+            case "vm_forcestop_save":
+                vm_name = args[0]
+                assert isinstance(vm_name, str)
+                self._save_vm(n, vm_name, ImageToken(ImageKind.FORCESTOP, None, n.state.durable.epoch, self.tree.uuid(dn.head)))
+                return None
+            case "ip_off":
+                n.ip = False
+                return None
+            case "umount":
+                n.mounted = False
+                return None
+            case "drbd_secondary":
+                self.drbd.demote(name)
+                return None
+        raise AssertionError(op)
 
     def _images(self, n: Node) -> dict[str, tuple[ImageToken, bool]]:
         return self.tree.writes[self.drbd.n[n.name].head].images
 
-    def _start_vm_step(self, n: Node, plan: VmPlan) -> str | None:
+    def _start_vm(self, n: Node, plan: VmPlan) -> str | None:
         if not n.mounted or self.drbd.n[n.name].role is not Role.PRIMARY:
             return "filesystem not mounted"
         vm = n.vms[plan.name]
@@ -504,7 +604,7 @@ class World:
             if got is not None and got[0] == plan.restore and not got[1]:
                 current = self.tree.uuid(self.drbd.n[n.name].head)
                 new = dict(imgs)
-                new[plan.name] = (got[0], True)
+                new[plan.name] = (got[0], True)      # renamed .consumed before the restore
                 if self.write(n, app=False, images=new) is not None:
                     self.oracle.restored(self.t, n.name, plan.name, got[0], current, got[1])
         vm.state, vm.cause = VmState.RUNNING, StopCause.NONE
@@ -520,51 +620,11 @@ class World:
             self.write(n, app=False, images=new)
         vm.state, vm.cause = VmState.STOPPED, StopCause.CLUSTER
 
-    def _promote_steps(self, n: Node, a: Promote) -> None:
-        name = n.name
-        before = {"drbd": self.drbd.n[name].role is Role.PRIMARY, "mount": n.mounted, "ip": n.ip}
-        undo: list = []
-
-        def drbd_primary() -> str | None:
-            if self.drbd.n[name].role is Role.PRIMARY:
-                return None
-            peer_name = self._other(name)
-            peer = self.nodes[peer_name]
-            dn = self.drbd.n[name]
-            was_disk = dn.disk
-            err = self.drbd.promote(name, a.force)
-            if err is None:
-                undo.append(lambda: self.drbd.demote(name))
-                self._oracle_promoted(n, peer, was_disk, a.force)
-            return err
-
-        def mount() -> str | None:
-            if self.drbd.n[name].role is not Role.PRIMARY:
-                return "DRBD not Primary"
-            if not n.mounted:
-                n.mounted = True
-                undo.append(lambda: setattr(n, "mounted", False))
-            return None
-
-        def ip() -> str | None:
-            if not n.ip:
-                n.ip = True
-                undo.append(lambda: setattr(n, "ip", False))
-            return None
-
-        steps: list = []
-        if not before["drbd"]:
-            steps.append(("drbd primary", drbd_primary))
-        steps += [("mount", mount), ("ip", ip)]
-        for p in a.vms:
-            steps.append((f"vm {p.name}", lambda p=p: self._start_vm_step(n, p)))
-        self._begin(n, SequenceKind.PROMOTE, a.gate, steps, undo)
-
     def _oracle_promoted(self, n: Node, peer: Node, was_disk: Disk, force: bool) -> None:
         ep = n.state.durable.episode
         operator = any(r.evidence is Evidence.OPERATOR and r.episode == ep for r in n.records)
         accept = any(r.accept_data_loss and r.episode == ep for r in n.records)
-        ann_peer = peer.state.published if peer.alive or peer.powered else None
+        ann_peer = peer.state.published if peer.powered else None
         ann_me = n.state.published
         granted = (peer.powered and not peer.holds() and self.drbd.n[peer.name].role is not Role.PRIMARY
                    and ann_peer is not None and ann_peer.grant is not None and ann_peer.grant.grantee == n.name
@@ -576,27 +636,18 @@ class World:
             missing = []
         self.oracle.promoted(self.t, n.name, not peer.powered, granted, operator, missing, was_disk, force and accept)
 
-    def _demote_steps(self, n: Node, a: Demote) -> None:
-        name = n.name
-        steps: list = []
-        epoch = n.state.durable.epoch
+    def _promote_steps(self, a: Promote) -> list[tuple[str, tuple[object, ...]]]:
+        steps: list[tuple[str, tuple[object, ...]]] = [("drbd_primary", (a.force,)), ("mount", ()), ("ip", ())]
+        return steps + [("vm_start", (p,)) for p in a.vms]
+
+    def _demote_steps(self, n: Node, a: Demote) -> list[tuple[str, tuple[object, ...]]]:
+        steps: list[tuple[str, tuple[object, ...]]] = []
         for vm_name in self.vm_names:
-            def vm_step(vm_name: str = vm_name) -> str | None:
-                vm = n.vms[vm_name]
-                if vm.state is not VmState.RUNNING:
-                    return None
-                if a.mode is DemoteMode.SAVE and a.grant is not None and n.mounted:
-                    tok = ImageToken(ImageKind.HANDOVER, a.grant.grant_id, a.grant.epoch, self.tree.uuid(self.drbd.n[name].head))
-                    self._save_vm(n, vm_name, tok)
-                else:
-                    vm.state, vm.cause = VmState.STOPPED, StopCause.CLUSTER
-                return None
-            steps.append((f"vm {vm_name}", vm_step))
-        steps.append(("ip", lambda: setattr(n, "ip", False)))
-        steps.append(("umount", lambda: setattr(n, "mounted", False)))
-        steps.append(("drbd secondary", lambda: self.drbd.demote(name)))
-        del epoch
-        self._begin(n, SequenceKind.DEMOTE, a.gate, steps)
+            if a.mode is DemoteMode.SAVE and a.grant is not None:
+                steps.append(("vm_handover_save", (vm_name, a.grant.grant_id, a.grant.epoch)))
+            else:
+                steps.append(("vm_down", (vm_name, None)))
+        return steps + [("ip_off", ()), ("umount", ()), ("drbd_secondary", ())]
 
     def _dispatch(self, n: Node, a: Action) -> None:
         name = n.name
@@ -608,20 +659,16 @@ class World:
                     n.probe_due = self.t + self.timing.probe
             case Promote():
                 if n.seq is None:
-                    self._promote_steps(n, a)
+                    self._begin(n, SequenceKind.PROMOTE, a.gate, self._promote_steps(a), a)
             case Demote():
                 if n.seq is None:
-                    self._demote_steps(n, a)
+                    self._begin(n, SequenceKind.DEMOTE, a.gate, self._demote_steps(n, a), a)
             case StartVm():
                 if n.seq is None:
-                    self._begin(n, SequenceKind.VM, a.gate, [(f"vm {a.plan.name}", lambda: self._start_vm_step(n, a.plan))])
+                    self._begin(n, SequenceKind.VM, a.gate, [("vm_start", (a.plan,))], a)
             case StopVm():
                 if n.seq is None:
-                    def stop() -> str | None:
-                        tok = ImageToken(ImageKind.FORCESTOP, None, n.state.durable.epoch, self.tree.uuid(self.drbd.n[name].head)) if a.save else None
-                        self._save_vm(n, a.name, tok)
-                        return None
-                    self._begin(n, SequenceKind.VM, a.gate, [(f"stop {a.name}", stop)])
+                    self._begin(n, SequenceKind.VM, a.gate, [("vm_forcestop_save" if a.save else "vm_down", (a.name,) if a.save else (a.name, None))], a)
             case DisconnectDrbd():
                 self.drbd.disconnect(name)
             case ReconnectDrbd():
@@ -669,8 +716,57 @@ class World:
             sequence=Sequence(n.seq.kind, n.seq.gate, n.seq.started_at) if n.seq is not None else None,
             last_result=n.last_result,
             stalled=n.stalled,
-            random_draw=self.rng.random(),
+            random_draw=self._draw(n.name),
         )
+
+    def clone(self) -> World:
+        """An independent copy (immutable parts shared): for exhaustive branching."""
+        w = copy.copy(self)
+        w.rng = random.Random()
+        w.rng.setstate(self.rng.getstate())
+        w.nodes = {k: n.clone() for k, n in self.nodes.items()}
+        w.tree = self.tree.clone()
+        w.drbd = self.drbd.clone(w.tree)
+        w.links = {k: copy.copy(v) for k, v in self.links.items()}
+        w.gateway_up = dict(self.gateway_up)
+        w.devices = {k: [[copy.copy(d) for d in lvl] for lvl in lvls] for k, lvls in self.devices.items()}
+        w.oracle = self.oracle.clone()
+        w.log = list(self.log)
+        w.power_events = list(self.power_events)
+        return w
+
+    def _draw(self, name: str) -> float:
+        """The fence jitter draw: a pure function of (seed, time, node), so runs replay and branches compare."""
+        x = (self.seed * 1_000_003 + int(self.t * 1000) * 7919 + (17 if name == self.names[0] else 29)) & 0xFFFFFFFF
+        x = (x * 2654435761) & 0xFFFFFFFF
+        x ^= x >> 15
+        return (x & 0xFFFFFF) / float(1 << 24)
+
+    def fingerprint(self) -> tuple[object, ...]:
+        """Everything that decides the future of this world (for deduplicating exhaustive branches)."""
+        parts: list[object] = [self.t, self.next_write, self.intent, tuple(sorted(self.gateway_up.items())),
+                               tuple((k, dl.up, dl.loss, dl.burst_until) for k, dl in sorted(self.links.items())),
+                               tuple((f, tuple((d.mode, d.target) for d in lvl)) for f, lvls in sorted(self.devices.items()) for lvl in lvls)]
+        for n in self.nodes.values():
+            dn = self.drbd.n[n.name]
+            sq = n.seq
+            at = n.attempt
+            head = dn.head
+            missing = tuple(sorted(w for w in self.oracle.acked if not self.tree.contains(head, w)))
+            parts.append((
+                n.powered, n.boot_seq, n.boot_at, n.daemon, n.restart_at, n.hang_until, n.incarnation, n.state,
+                tuple(n.records), tuple(sorted(n.fail_counts.items())), tuple((k, v.state, v.cause) for k, v in n.vms.items()),
+                n.mounted, n.ip, n.proto, n.keys, n.shutting_down, n.reboot_after_stop, n.announce_restart_until, n.heard_boot,
+                tuple(sorted(n.last_heard.items())), n.report, n.incompatible_at, n.unauth_at, n.gw_score, n.gw_candidate,
+                n.gw_candidate_since, n.gw_next_probe, n.fresh, n.probe_due, n.stalled,
+                None if sq is None else (sq.kind, sq.gate, sq.index, sq.next_at, sq.started_at, sq.origin),
+                n.last_result, None if at is None else (at.episode, at.started_at, at.level, at.device, at.op_end, at.level_ok, at.running, at.finished_at, at.detail),
+                n.failures, n.failures_episode,
+                dn.role, dn.disk, dn.conn, dn.peer_disk, dn.peer_role, self.tree.uuid(head), tuple(sorted(self.tree.writes[head].images.items())),
+                missing, dn.suspended, dn.handler, dn.split_brain, dn.up, dn.path_lost_at, dn.config_safe,
+            ))
+        parts.append(self.drbd.n[self.names[0]].head == self.drbd.n[self.names[1]].head)
+        return tuple(parts)
 
     def _decide(self, n: Node) -> None:
         facts = self.observe(n)
