@@ -91,9 +91,11 @@ def peer_fail_count(rep: PeerReport | None, vm: str) -> int:
 
 
 def record_for(f: Facts, episode: LossEpisode | None) -> FenceRecord | None:
+    """A fence record of this episode; one that accepts data loss is preferred (it says more)."""
     if episode is None:
         return None
-    return next((r for r in f.fencing.records if r.episode == episode), None)
+    mine = [r for r in f.fencing.records if r.episode == episode]
+    return next((r for r in mine if r.accept_data_loss), mine[0] if mine else None)
 
 
 def self_eligible(d: Durable, f: Facts, s: Settings, m: Mutations) -> bool:

@@ -63,12 +63,15 @@ class Device:
                 return self.time if target_powered else min(self.time, 1.0)
         return self.time
 
-    def outcome(self, target_powered: bool) -> Result:
+    def outcome(self, target_powered: bool, was_powered: bool = True) -> Result:
         """What the device reports when its operation ends: its verification of the power state."""
         match self.mode:
             case Mode.OK | Mode.SLOW:
                 return Result.OFF if not target_powered else Result.FAILED
             case Mode.DIES_WITH_NODE:
+                # its BMC lost power with the node: reachable only if the node was on when asked
+                if not was_powered:
+                    return Result.UNREACHABLE
                 return Result.OFF if not target_powered else Result.FAILED
             case Mode.FAIL:
                 return Result.FAILED

@@ -87,7 +87,7 @@ LINKS = ("bond0", "lan")      # bond0 also carries DRBD's replication
 class Timing:
     """Virtual durations of the world (the policy's own timings are in Settings)."""
     boot: float = 5.0
-    daemon_restart: float = 1.0
+    daemon_restart: float = 3.0
     restart_announce: float = 30.0
     probe: float = 0.3
     gateway_interval: float = 1.0
@@ -229,6 +229,7 @@ class World:
     def _start_daemon(self, n: Node) -> None:
         n.incarnation += 1
         n.daemon = "running"
+        n.announce_restart_until = None
         n.shutting_down = False
         n.reset_daemon_memory()
         n.state = initial_state(n.durable)
@@ -446,7 +447,7 @@ class World:
             return
         target = self.nodes[dev.target]
         if at.level_ok or not at.detail.startswith("episode closed"):
-            res = dev.outcome(target.powered)
+            res = dev.outcome(target.powered, at.op_target_powered)
             expected = n.report.machine_id if n.report is not None else None
             ok = (res is Result.OFF and target.machine_id == expected) \
                 or (res is Result.ACCEPTED and self.mutations.accepted_counts_as_off)
