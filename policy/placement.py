@@ -52,10 +52,15 @@ def drbd_fencing(c: Ctx, may_fence_answer: bool = True) -> Outcome | None:
             c.outdate_request = True
             return phase, Code.OUTDATING_PEER, f"DRBD froze I/O ({f.drbd.connection}); {c.s.peer} heard on another link, asked to outdate its disk (now {c.rep.disk if c.rep else '?'})"
         return None
-    if f.drbd.suspended is Suspended.FENCING and (outdated or record is not None):
-        evidence = "peer outdated" if outdated else f"fence record for {record.episode if record else ''}"
-        c.act(ResumeIo(evidence))
-        return phase, Code.RESUMING_IO, f"DRBD I/O frozen with no fence-peer handler running; {evidence}: resume-io"
+    if f.drbd.suspended is Suspended.FENCING:
+        if outdated or record is not None:
+            evidence = "peer outdated" if outdated else f"fence record for {record.episode if record else ''}"
+            c.act(ResumeIo(evidence))
+            return phase, Code.RESUMING_IO, f"DRBD I/O frozen with no fence-peer handler running; {evidence}: resume-io"
+        if c.status is PeerStatus.HEARD:
+            # the handler gave up (exit 1, e.g. this daemon was down): get the evidence ourselves
+            c.outdate_request = True
+            return phase, Code.OUTDATING_PEER, f"DRBD I/O frozen (handler gone); {c.s.peer} heard, asked to outdate its disk (now {c.rep.disk if c.rep else '?'})"
     return None
 
 

@@ -177,8 +177,9 @@ def report(seed: int, schedule: list[Command], outcome: Outcome, cfg: RunConfig 
 
 def exhaustive(depth: int, slot: float = 4.0, cfg: RunConfig = RunConfig(heal_at=0.0),
                alphabet: Sequence[tuple[str, tuple[str, ...]]] = EXHAUSTIVE_ALPHABET,
-               warmup: float = 12.0) -> Iterator[tuple[list[Command], Outcome]]:
-    """Every sequence of ``depth`` events from ``alphabet``, one per ``slot``, after a warm-up.
+               warmup: float = 12.0, hold: float = 12.0) -> Iterator[tuple[list[Command], Outcome]]:
+    """Every sequence of ``depth`` events from ``alphabet``, one per ``slot``, after a warm-up;
+    the faults then ``hold`` for a while before everything is healed and liveness is checked.
 
     Prefixes are shared: the world after each prefix is copied, not replayed.
     Yields failing (schedule, outcome) pairs; the count of leaves is len(alphabet)**depth."""
@@ -198,6 +199,10 @@ def exhaustive(depth: int, slot: float = 4.0, cfg: RunConfig = RunConfig(heal_at
         seen.add(key)
         if len(prefix) == depth:
             stats["distinct"] += 1
+            w.run_until(w.t + hold)      # the faults last a while before everything is repaired
+            if w.oracle.violations:
+                yield prefix, Outcome([str(v) for v in w.oracle.violations], w)
+                return
             out = finish(w, cfg)
             if not out.ok:
                 yield prefix, out

@@ -105,7 +105,7 @@ DEFAULT_SETTINGS = dict(heartbeat_interval=0.1, heartbeat_timeout=1.0, silent_pe
 FAST_SETTINGS = dict(heartbeat_interval=1.0, heartbeat_timeout=3.0, silent_peer_grace=6.0, gateway_dampen=3.0,
                      priority_delay=8.0, random_delay=2.0, retry_backoff=2.0, retry_backoff_max=8.0,
                      stall_threshold=1.5, migration_threshold=3, failure_timeout=600.0)
-FAST_TIMING = Timing(boot=3.0, daemon_restart=1.0, restart_announce=10.0, probe=1.0, gateway_interval=1.0, seq_step=1.0,
+FAST_TIMING = Timing(boot=3.0, daemon_restart=3.0, restart_announce=10.0, probe=1.0, gateway_interval=1.0, seq_step=1.0,
                      ping_timeout=2.0, device=2.0, device_slow=12.0, device_timeout=5.0, power_on_after_fence=2.0)
 
 
