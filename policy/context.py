@@ -13,7 +13,7 @@ from typing import Any
 from . import view
 from .actions import Action, Alert, Promote, VmPlan, WaitUntil
 from .facts import Facts
-from .model import Conn, Disk, Grant, ImageKind, ImageToken, Phase, TargetRole
+from .model import Conn, Disk, Grant, GrantKind, ImageKind, ImageToken, Phase, TargetRole
 from .mutations import Mutations
 from .reasons import Code
 from .settings import Settings
@@ -106,10 +106,18 @@ class Ctx:
         return grant is not None and img.handover_id == grant.grant_id and img.epoch == grant.epoch
 
     def plans(self, grant: Grant | None) -> tuple[VmPlan, ...]:
+        """What to start. Under a handover grant the images are not visible yet (not mounted): the plan
+        names the exact token the image must carry, and the executor restores only on an exact match."""
         if self.f.intent.target_role is TargetRole.STOPPED:
             return ()
-        return tuple(VmPlan(vm.name, vm.image if self.restorable(vm.image, grant) else None)
-                     for vm in self.f.resources.vms)
+        out = []
+        for vm in self.f.resources.vms:
+            if grant is not None and grant.kind is GrantKind.HANDOVER:
+                want: ImageToken | None = ImageToken(ImageKind.HANDOVER, grant.grant_id, grant.epoch, self.f.drbd.data_uuid)
+            else:
+                want = vm.image if self.restorable(vm.image, grant) else None
+            out.append(VmPlan(vm.name, want))
+        return tuple(out)
 
     def promote(self, gate: str, grant: Grant | None, force: bool) -> None:
         self.bump_epoch(f"promote:{gate}")

@@ -219,6 +219,8 @@ def secondary(c: Ctx) -> Outcome:
     if offer is not None:
         return _answer_offer(c, offer, wait)
     if c.d.grant_out is not None:
+        if c.d.grant_out.kind is GrantKind.HANDOVER:
+            return Phase.SECONDARY, Code.HANDOVER_GRANTED, f"demoted and granted {c.d.grant_out}; waiting for {s.peer} to acknowledge and promote"
         return Phase.SECONDARY, Code.GRANT_OUTSTANDING, f"{c.d.grant_out} out; waiting for {s.peer} to acknowledge and promote, or decline"
     mine = c.eligible
     if not mine and not rep.eligible:

@@ -47,7 +47,6 @@ class Code(StrEnum):
     PEER_LOST_FENCING = "peer_lost_fencing"
     FENCE_IN_PROGRESS = "fence_in_progress"
     FENCE_FAILED_RETRYING = "fence_failed_retrying"
-    FENCE_REFUSED_PEER_HEARD = "fence_refused_peer_heard"
     FENCE_CONFIRMED_DISCONNECTING = "fence_confirmed_disconnecting"
     PROMOTE_AFTER_FENCE = "promote_after_fence"
     PRIMARY_AFTER_FENCE = "primary_after_fence"
@@ -134,7 +133,6 @@ TABLE: dict[Code, Row] = {
     Code.PEER_LOST_FENCING: Row((P.FENCING,), "Peer lost: fencing it now."),
     Code.FENCE_IN_PROGRESS: Row((P.FENCING,), "A fence of the peer is running."),
     Code.FENCE_FAILED_RETRYING: Row((P.FENCING,), "The fence failed (only positive evidence of OFF counts, S2); retrying with backoff."),
-    Code.FENCE_REFUSED_PEER_HEARD: Row((P.SECONDARY, P.PRIMARY), "An operator asked to fence the peer, but it is heard; refused."),
     Code.FENCE_CONFIRMED_DISCONNECTING: Row((P.FENCING,), "The fence is confirmed but DRBD still shows the dead peer Connected: disconnect it first."),
     Code.PROMOTE_AFTER_FENCE: Row((P.PROMOTING,), "The peer is confirmed off for this loss episode: promote, mount, add the IP, cold-boot the VMs (S1b)."),
     Code.PRIMARY_AFTER_FENCE: Row((P.PRIMARY,), "The peer is confirmed off; this active node carries on with a new epoch."),

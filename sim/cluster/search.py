@@ -105,10 +105,26 @@ def settled(w: World) -> bool:
             and all(n.alive and n.seq is None for n in w.nodes.values()))
 
 
-def finish(w: World, cfg: RunConfig) -> Outcome:
+def finish(w: World, cfg: RunConfig, known_good: set[tuple[object, ...]] | None = None, hold: float = 0.0) -> Outcome:
+    """Let the faults ``hold``, heal everything, and check the service comes back within the bound.
+
+    ``known_good``: fingerprints of worlds whose future was already seen to pass (exhaustive
+    search: leaves reach the same instants, and many converge to the same world)."""
+    seen: list[tuple[object, ...]] = []
+    w.run_until(w.t + hold)
+    if w.oracle.violations:
+        return Outcome([str(v) for v in w.oracle.violations], w)
     heal_all(w)
     end = w.t + cfg.bound
+    k = 0
     while w.t < end - 1e-9 and not w.oracle.violations and not settled(w):
+        if known_good is not None and k % 3 == 0:
+            fp = w.fingerprint()
+            if fp in known_good:
+                known_good.update(seen)
+                return Outcome([], w)
+            seen.append(fp)
+        k += 1
         w.advance()
     out = [str(v) for v in w.oracle.violations]
     if cfg.liveness and not out:
@@ -118,6 +134,8 @@ def finish(w: World, cfg: RunConfig) -> Outcome:
         for n in w.nodes.values():
             if n.alive and n.state.phase is Phase.BLOCKED:
                 out.append(f"liveness: {n.name} BLOCKED after every fault healed ({n.state.durable.block})")
+    if not out and known_good is not None:
+        known_good.update(seen)
     return Outcome(out, w)
 
 
@@ -177,15 +195,18 @@ def report(seed: int, schedule: list[Command], outcome: Outcome, cfg: RunConfig 
 
 def exhaustive(depth: int, slot: float = 4.0, cfg: RunConfig = RunConfig(heal_at=0.0),
                alphabet: Sequence[tuple[str, tuple[str, ...]]] = EXHAUSTIVE_ALPHABET,
-               warmup: float = 12.0, hold: float = 12.0) -> Iterator[tuple[list[Command], Outcome]]:
+               warmup: float = 12.0, hold: float = 12.0, first: Sequence[int] | None = None) -> Iterator[tuple[list[Command], Outcome]]:
     """Every sequence of ``depth`` events from ``alphabet``, one per ``slot``, after a warm-up;
     the faults then ``hold`` for a while before everything is healed and liveness is checked.
 
-    Prefixes are shared: the world after each prefix is copied, not replayed.
+    Prefixes are shared: the world after each prefix is copied, not replayed. ``first`` limits the
+    first event to those alphabet indices (to split the search between processes).
     Yields failing (schedule, outcome) pairs; the count of leaves is len(alphabet)**depth."""
     base = new_world(0, cfg)
     base.run_until(warmup)
+    firsts = range(len(alphabet)) if first is None else first
     seen: set[tuple[object, ...]] = set()
+    good_tails: set[tuple[object, ...]] = set()
     stats.update(leaves=0, distinct=0, pruned=0)
 
     def rec(w: World, prefix: list[Command]) -> Iterator[tuple[list[Command], Outcome]]:
@@ -199,15 +220,13 @@ def exhaustive(depth: int, slot: float = 4.0, cfg: RunConfig = RunConfig(heal_at
         seen.add(key)
         if len(prefix) == depth:
             stats["distinct"] += 1
-            w.run_until(w.t + hold)      # the faults last a while before everything is repaired
-            if w.oracle.violations:
-                yield prefix, Outcome([str(v) for v in w.oracle.violations], w)
-                return
-            out = finish(w, cfg)
+            out = finish(w, cfg, good_tails, hold=hold)   # the faults last a while before everything is repaired
             if not out.ok:
                 yield prefix, out
             return
-        for verb, args in alphabet:
+        for i, (verb, args) in enumerate(alphabet):
+            if not prefix and i not in firsts:
+                continue
             c = Command(w.t, verb, args)
             w2 = w.clone()
             apply(w2, c)

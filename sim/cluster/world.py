@@ -556,23 +556,27 @@ class World:
                     sq.undo.append("ip")
                 return None
             case "vm_start":
-                plan = args[0]
-                assert isinstance(plan, VmPlan)
-                was = n.vms[plan.name].state
-                err = self._start_vm(n, plan)
-                if err is None and was is not VmState.RUNNING and sq.kind is SequenceKind.PROMOTE:
-                    sq.undo.append(plan.name)
-                return err
+                # all VMs of the step start together (restores first), as the executor runs them in parallel
+                plans = sorted(args, key=lambda p: p.restore is None)  # type: ignore[attr-defined]
+                for plan in plans:
+                    assert isinstance(plan, VmPlan)
+                    was = n.vms[plan.name].state
+                    err = self._start_vm(n, plan)
+                    if err is not None:
+                        return err
+                    if was is not VmState.RUNNING and sq.kind is SequenceKind.PROMOTE:
+                        sq.undo.append(plan.name)
+                return None
             case "vm_down":
                 vm_name, token = args
                 assert isinstance(vm_name, str)
                 self._save_vm(n, vm_name, token if isinstance(token, ImageToken) else None)
                 return None
             case "vm_handover_save":
-                vm_name, grant_id, epoch = args
-                assert isinstance(vm_name, str)
+                grant_id, epoch = args     # every VM saved together, bound to the same data
                 tok = ImageToken(ImageKind.HANDOVER, str(grant_id), epoch, self.tree.uuid(dn.head)) if n.mounted else None  # type: ignore[arg-type]
-                self._save_vm(n, vm_name, tok)
+                for vm_name in self.vm_names:
+                    self._save_vm(n, vm_name, tok)
                 return None
             case "vm_forcestop_save":
                 vm_name = args[0]
@@ -639,15 +643,14 @@ class World:
 
     def _promote_steps(self, a: Promote) -> list[tuple[str, tuple[object, ...]]]:
         steps: list[tuple[str, tuple[object, ...]]] = [("drbd_primary", (a.force,)), ("mount", ()), ("ip", ())]
-        return steps + [("vm_start", (p,)) for p in a.vms]
+        return steps + ([("vm_start", tuple(a.vms))] if a.vms else [])
 
     def _demote_steps(self, n: Node, a: Demote) -> list[tuple[str, tuple[object, ...]]]:
         steps: list[tuple[str, tuple[object, ...]]] = []
-        for vm_name in self.vm_names:
-            if a.mode is DemoteMode.SAVE and a.grant is not None:
-                steps.append(("vm_handover_save", (vm_name, a.grant.grant_id, a.grant.epoch)))
-            else:
-                steps.append(("vm_down", (vm_name, None)))
+        if a.mode is DemoteMode.SAVE and a.grant is not None:
+            steps.append(("vm_handover_save", (a.grant.grant_id, a.grant.epoch)))
+        else:
+            steps += [("vm_down", (vm_name, None)) for vm_name in self.vm_names]
         return steps + [("ip_off", ()), ("umount", ()), ("drbd_secondary", ())]
 
     def _dispatch(self, n: Node, a: Action) -> None:
