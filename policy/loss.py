@@ -126,6 +126,8 @@ def peer_gone(c: Ctx) -> Outcome:
                 c.act(ProbeGateway(f.now))
             elif req != c.v.probe_requested_at:
                 c.vol(probe_requested_at=req)
+            if fresh is not None and not fresh.reachable and fresh.taken_at >= lost_at:
+                return (Phase.PRIMARY if c.held else Phase.FENCING), Code.PEER_LOST_NO_GATEWAY, f"{s.peer} lost; gateway unreachable at {fresh.taken_at:.2f}; probing again (S7)"
             return Phase.FENCING, Code.PEER_LOST_PROBING_GATEWAY, f"{s.peer} lost; fresh gateway probe requested for the fence gate (S7)"
         if not fresh.reachable:
             if f.now - fresh.taken_at >= s.retry_backoff:

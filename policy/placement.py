@@ -52,7 +52,7 @@ def drbd_fencing(c: Ctx, may_fence_answer: bool = True) -> Outcome | None:
             c.outdate_request = True
             return phase, Code.OUTDATING_PEER, f"DRBD froze I/O ({f.drbd.connection}); {c.s.peer} heard on another link, asked to outdate its disk (now {c.rep.disk if c.rep else '?'})"
         return None
-    if f.drbd.suspended is Suspended.FENCING:
+    if f.drbd.suspended is Suspended.FENCING and not f.intent.maintenance:   # S6: resume-io is an action, not an answer
         if outdated or record is not None:
             evidence = "peer outdated" if outdated else f"fence record for {record.episode if record else ''}"
             c.act(ResumeIo(evidence))
@@ -97,35 +97,41 @@ def move_reason(c: Ctx) -> str | None:
 
 
 def vm_duty(c: Ctx) -> Outcome | None:
-    """Bring each VM to the target role; one VM action per decision."""
+    """Bring every VM to the target role in one decision (the executor starts or saves them in
+    parallel, restores first, so that images still match the data when they are restored)."""
     f, s = c.f, c.s
     failed: list[str] = []
+    first: Outcome | None = None
     for vm in f.resources.vms:
+        out: Outcome | None = None
         if f.intent.target_role is TargetRole.STOPPED:
             if vm.state in (VmState.RUNNING, VmState.PAUSED):
                 c.act(StopVm("held", vm.name, save=True))
-                return Phase.PRIMARY, Code.VM_FORCE_STOPPING, f"target role stopped (forcestop): saving {vm.name} and keeping it stopped"
-            continue
-        if vm.state in (VmState.RUNNING, VmState.PAUSED, VmState.UNKNOWN):
-            continue
-        crashed = vm.state is VmState.CRASHED or vm.stop_cause is StopCause.CRASH
-        if crashed:
+                out = Phase.PRIMARY, Code.VM_FORCE_STOPPING, f"target role stopped (forcestop): saving {vm.name} and keeping it stopped"
+        elif vm.state in (VmState.RUNNING, VmState.PAUSED, VmState.UNKNOWN):
+            pass
+        elif vm.state is VmState.CRASHED or vm.stop_cause is StopCause.CRASH:
             n = view.effective_fail_count(f, s, vm.name)
             if n >= s.migration_threshold:
                 failed.append(f"{vm.name} ({n} failures here, {view.peer_fail_count(c.rep, vm.name)} on {s.peer})")
-                continue
-            c.act(StartVm("held", VmPlan(vm.name, vm.image if c.m.restore_stale_image and vm.image else None)))
-            return Phase.PRIMARY, Code.VM_RESTARTING_AFTER_CRASH, f"{vm.name} crashed ({n} of {s.migration_threshold} failures): restarting it here"
-        plan = VmPlan(vm.name, vm.image if c.restorable(vm.image, None) else None)
-        c.act(StartVm("held", plan))
-        if vm.stop_cause is StopCause.OUTSIDE:
-            return Phase.PRIMARY, Code.VM_BROUGHT_BACK, f"{vm.name} was stopped outside the cluster; starting it again (not a failure; use forcestop to keep it stopped)"
-        how = "restoring its forcestop image" if plan.restore else "cold boot"
-        return Phase.PRIMARY, Code.VM_STARTING, f"{vm.name} should run (target role started): {how}"
+            else:
+                c.act(StartVm("held", VmPlan(vm.name, vm.image if c.m.restore_stale_image and vm.image else None)))
+                out = Phase.PRIMARY, Code.VM_RESTARTING_AFTER_CRASH, f"{vm.name} crashed ({n} of {s.migration_threshold} failures): restarting it here"
+        else:
+            plan = VmPlan(vm.name, vm.image if c.restorable(vm.image, None) else None)
+            c.act(StartVm("held", plan))
+            if vm.stop_cause is StopCause.OUTSIDE:
+                out = Phase.PRIMARY, Code.VM_BROUGHT_BACK, f"{vm.name} was stopped outside the cluster; starting it again (not a failure; use forcestop to keep it stopped)"
+            else:
+                how = "restoring its forcestop image" if plan.restore else "cold boot"
+                out = Phase.PRIMARY, Code.VM_STARTING, f"{vm.name} should run (target role started): {how}"
+        if first is None:
+            first = out
     if failed:
         c.alert("vm_failed", "VM stays stopped: " + ", ".join(failed))
-        return Phase.PRIMARY, Code.VM_FAILED_STAYS_STOPPED, "stays stopped, the others keep running: " + ", ".join(failed)
-    return None
+        if first is None:
+            return Phase.PRIMARY, Code.VM_FAILED_STAYS_STOPPED, "stays stopped, the others keep running: " + ", ".join(failed)
+    return first
 
 
 def new_grant(c: Ctx, kind: GrantKind) -> Grant:

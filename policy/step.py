@@ -23,7 +23,7 @@ from .context import Ctx, Outcome
 from .facts import Facts
 from .handler import EXIT_BROKEN
 from .loss import peer_gone
-from .model import BlockCause, Conn, DemoteMode, Disk, LossEpisode, Phase, Role
+from .model import BlockCause, Conn, DemoteMode, Disk, Evidence, LossEpisode, Phase, Role
 from .mutations import NO_MUTATIONS, Mutations
 from .placement import drbd_fencing, held_without_peer, honour_outdate_request, primary, secondary
 from .reasons import Code, Reason
@@ -229,7 +229,7 @@ def _starting(c: Ctx) -> Outcome | None:
         return None
     from .loss import after_fence
     rec = view.record_for(c.f, c.d.episode)
-    if rec is not None:
+    if rec is not None and rec.evidence is Evidence.OPERATOR:
         return after_fence(c, rec)
     if c.f.drbd.fence_peer_pending:
         c.act(AnswerFencePeer(EXIT_BROKEN))

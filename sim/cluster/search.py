@@ -239,3 +239,71 @@ def exhaustive(depth: int, slot: float = 4.0, cfg: RunConfig = RunConfig(heal_at
 
 
 stats: dict[str, int] = {}
+
+
+def replayable(schedule: list[Command], slot: float = 4.0, hold: float = 12.0) -> RunConfig:
+    """The RunConfig that replays an exhaustive schedule with ``run(0, schedule, cfg)``."""
+    last = max((c.at for c in schedule), default=0.0)
+    return RunConfig(heal_at=last + slot + hold)
+
+
+def _run_seed(args: tuple[int, RunConfig, int, tuple[tuple[str, tuple[str, ...]], ...]]) -> tuple[int, list[Command], list[str]] | None:
+    seed, cfg, events, alphabet = args
+    sched = random_schedule(random.Random(seed), events=events, alphabet=alphabet)
+    out = run(seed, sched, cfg)
+    return None if out.ok else (seed, sched, out.violations)
+
+
+def first_failures(seeds: Sequence[int], cfg: RunConfig = RunConfig(), events: int = 6,
+                   alphabet: Sequence[tuple[str, tuple[str, ...]]] = RANDOM_ALPHABET, workers: int = 1,
+                   limit: int = 3) -> list[tuple[int, list[Command], list[str]]]:
+    """Run the seeds (in ``workers`` processes) and return up to ``limit`` failures, lowest seeds first."""
+    jobs = [(seed, cfg, events, tuple(alphabet)) for seed in seeds]
+    found: list[tuple[int, list[Command], list[str]]] = []
+    if workers <= 1:
+        for j in jobs:
+            r = _run_seed(j)
+            if r is not None:
+                found.append(r)
+                if len(found) >= limit:
+                    break
+        return found
+    import multiprocessing
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        for r in pool.imap(_run_seed, jobs, chunksize=200):
+            if r is not None:
+                found.append(r)
+                if len(found) >= limit:
+                    pool.terminate()
+                    break
+    return sorted(found)
+
+
+def _exhaustive_part(args: tuple[int, Sequence[int], float, float, RunConfig, tuple[tuple[str, tuple[str, ...]], ...]]) -> tuple[list[tuple[list[Command], list[str]]], dict[str, int]]:
+    depth, first, slot, hold, cfg, alphabet = args
+    bad = []
+    for sched, out in exhaustive(depth, slot=slot, cfg=cfg, alphabet=alphabet, hold=hold, first=first):
+        bad.append((sched, out.violations))
+        if len(bad) >= 3:
+            break
+    return bad, dict(stats)
+
+
+def exhaustive_parallel(depth: int, workers: int = 2, slot: float = 4.0, hold: float = 12.0, cfg: RunConfig = RunConfig(heal_at=0.0),
+                        alphabet: Sequence[tuple[str, tuple[str, ...]]] = EXHAUSTIVE_ALPHABET) -> tuple[list[tuple[list[Command], list[str]]], dict[str, int]]:
+    """``exhaustive`` with the first event split between processes; returns (failures, summed stats)."""
+    parts = [list(range(i, len(alphabet), workers)) for i in range(workers)]
+    jobs = [(depth, p, slot, hold, cfg, tuple(alphabet)) for p in parts]
+    if workers <= 1:
+        results = [_exhaustive_part(jobs[0])]
+    else:
+        import multiprocessing
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            results = pool.map(_exhaustive_part, jobs)
+    bad = [b for r in results for b in r[0]]
+    total: dict[str, int] = {}
+    for _, st in results:
+        for k, v in st.items():
+            total[k] = total.get(k, 0) + v
+    return bad, total
+

@@ -579,9 +579,10 @@ class World:
                     self._save_vm(n, vm_name, tok)
                 return None
             case "vm_forcestop_save":
-                vm_name = args[0]
-                assert isinstance(vm_name, str)
-                self._save_vm(n, vm_name, ImageToken(ImageKind.FORCESTOP, None, n.state.durable.epoch, self.tree.uuid(dn.head)))
+                tok = ImageToken(ImageKind.FORCESTOP, None, n.state.durable.epoch, self.tree.uuid(dn.head))
+                for vm_name in args:
+                    assert isinstance(vm_name, str)
+                    self._save_vm(n, vm_name, tok)
                 return None
             case "ip_off":
                 n.ip = False
@@ -668,11 +669,16 @@ class World:
                 if n.seq is None:
                     self._begin(n, SequenceKind.DEMOTE, a.gate, self._demote_steps(n, a), a)
             case StartVm():
+                # the VM actions of one decision run together, as one parallel step
                 if n.seq is None:
                     self._begin(n, SequenceKind.VM, a.gate, [("vm_start", (a.plan,))], a)
+                elif n.seq.started_at == self.t and n.seq.kind is SequenceKind.VM and n.seq.steps[0][0] == "vm_start":
+                    n.seq.steps[0] = ("vm_start", (*n.seq.steps[0][1], a.plan))
             case StopVm():
                 if n.seq is None:
                     self._begin(n, SequenceKind.VM, a.gate, [("vm_forcestop_save" if a.save else "vm_down", (a.name,) if a.save else (a.name, None))], a)
+                elif n.seq.started_at == self.t and n.seq.kind is SequenceKind.VM and n.seq.steps[0][0] == "vm_forcestop_save":
+                    n.seq.steps[0] = ("vm_forcestop_save", (*n.seq.steps[0][1], a.name))
             case DisconnectDrbd():
                 self.drbd.disconnect(name)
             case ReconnectDrbd():

@@ -1,0 +1,72 @@
+"""The simulated cluster under fault schedules: random (10,000 seeds),
+exhaustive (every sequence of 5 events of the issue's alphabet), routine
+operations (never a fence). Any failure prints the seed and a minimal
+replayable schedule.
+
+Sizes are chosen for the time budget of `make test` on two cores (about
+a minute each); bench/policy_search.py runs a million schedules."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from clever_cluster.sim.cluster import search
+from clever_cluster.sim.cluster.script import Command
+
+RANDOM_SEEDS = 10_000
+WORKERS = 2
+
+
+def _explain(found: list[tuple[int, list[Command], list[str]]], cfg: search.RunConfig = search.RunConfig()) -> str:
+    seed, sched, _ = found[0]
+    return search.report(seed, sched, search.run(seed, sched, cfg), cfg)
+
+
+@pytest.mark.slow
+def test_random_fault_schedules() -> None:
+    found = search.first_failures(range(RANDOM_SEEDS), workers=WORKERS)
+    assert not found, _explain(found)
+
+
+@pytest.mark.slow
+def test_exhaustive_depth_5() -> None:
+    bad, stats = search.exhaustive_parallel(5, workers=WORKERS)
+    assert stats["leaves"] + stats["pruned"] >= len(search.EXHAUSTIVE_ALPHABET) ** 5 - len(search.EXHAUSTIVE_ALPHABET) ** 4
+    if bad:
+        sched, violations = bad[0]
+        cfg = search.replayable(sched)
+        small = search.shrink(0, sched, cfg)
+        pytest.fail(f"{violations[0]}\nreplay: search.run(0, {small}, search.replayable({sched}))")
+
+
+ROUTINE = (
+    ("restart", ("node2",)), ("reboot", ("node1",)), ("reboot", ("node2",)),
+    ("proto", ("node1", "6")), ("proto", ("node2", "6")), ("restart", ("node1",)),
+    ("key", ("node1", "k1", "k2")), ("key", ("node2", "k2", "k1")), ("key", ("node1", "k2", "k1")),
+)
+
+
+@pytest.mark.slow
+def test_routine_operations_never_fence() -> None:
+    """Standby daemon restart, clean reboots, rolling upgrade by one version, key rotation: no fence, ever."""
+    for seed in range(300):
+        sched = search.random_schedule(random.Random(seed), events=5, alphabet=ROUTINE)
+        out = search.run(seed, sched)
+        assert out.ok, search.report(seed, sched, out)
+        assert out.world.fence_count == 0, f"seed {seed}: a routine schedule fenced: {[str(c) for c in sched]}"
+
+
+def test_a_violation_is_reported_with_seed_and_minimal_schedule() -> None:
+    """The reporting path itself: a seeded bug gives a seed, a shrunk schedule that still fails, and the log."""
+    from clever_cluster.policy import Mutations
+    cfg = search.RunConfig(mutations=Mutations(skip_priority_delay=True))
+    found = search.first_failures(range(200), cfg, limit=1)
+    assert found
+    seed, sched, _ = found[0]
+    text = search.report(seed, sched, search.run(seed, sched, cfg), cfg)
+    assert text.startswith(f"seed {seed}: ")
+    small = [Command(float(line.split()[0]), line.split()[1], tuple(line.split()[2:])) for line in text.splitlines()[2:] if line.startswith("  ") and not line.startswith("  ->") and line.split()[0].replace(".", "").isdigit()]
+    assert 0 < len(small) <= len(sched)
+    assert not search.run(seed, small, cfg).ok
