@@ -23,7 +23,7 @@ from .context import Ctx, Outcome
 from .facts import Facts
 from .handler import EXIT_BROKEN
 from .loss import peer_gone
-from .model import BlockCause, Conn, DemoteMode, Disk, Evidence, LossEpisode, Phase, Role
+from .model import BlockCause, Conn, DemoteMode, Disk, Evidence, GrantKind, LossEpisode, Phase, Role
 from .mutations import NO_MUTATIONS, Mutations
 from .placement import drbd_fencing, held_without_peer, honour_outdate_request, primary, secondary
 from .reasons import Code, Reason
@@ -81,8 +81,12 @@ def _bookkeeping(c: Ctx) -> None:
         g = c.d.grant_out
         stale = g is not None and rep.ack != g.grant_id and (
             g.grantor_incarnation != f.local.incarnation or g.grantee_incarnation not in (None, rep.incarnation))
-        if g is not None and (rep.decline == g.grant_id or (rep.holds and g.grantee == s.peer) or stale):
-            c.upd(grant_out=None)   # declined, taken over, or void (issued by an earlier incarnation, not acknowledged)
+        taken = g is not None and g.grantee == s.peer and (rep.holds or rep.phase in view.ACTIVE_PHASES)
+        # a peer that offers us a handover was active since: our old yield to it has served
+        superseded = g is not None and g.kind is GrantKind.YIELD and rep.grant is not None and rep.grant.kind is GrantKind.HANDOVER \
+            and rep.grant.grantee == s.node
+        if g is not None and (rep.decline == g.grant_id or taken or stale or superseded):
+            c.upd(grant_out=None)   # declined, taken over, superseded, or void (an earlier incarnation's, not acknowledged)
         offer = view.grant_offered_to_me(f, s)
         if c.d.grant_ack is not None and offer != c.d.grant_ack and not c.held and f.sequence is None:
             c.upd(grant_ack=None)

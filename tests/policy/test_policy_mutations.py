@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 DRBD_HANDLER = (("cut", ("bond0",)), ("crash", ("node1",)), ("power-off", ("node1",)), ("heal", ()))
 LONE_DISKS = (("power-off", ("node1",)), ("power-off", ("node2",)), ("power-on", ("node1",)), ("power-on", ("node2",)),
               ("cut", ("bond0",)), ("heal", ()))
+IMAGES = (("migrate", ("node1",)), ("reboot", ("node2",)), ("power-off", ("node2",)), ("vm-crash", ("node1", "vm1")),
+          ("vm-crash", ("node2", "vm1")), ("unmigrate", ("node1",)), ("forcestop", ()), ("forcestart", ()))
 DEVICES = (("device", ("node1", "1", "accept_only")), ("device", ("node2", "1", "accept_only")), ("cut", ("bond0",)),
            ("cut", ("lan",)), ("power-off", ("node1",)), ("power-off", ("node2",)), ("heal", ()), ("gateway-down", ("node1",)))
 
@@ -36,7 +38,7 @@ SEARCHES = {
     "accepted_counts_as_off": lambda m: _random(m, 1500, DEVICES),
     "handler_exit3_unreachable": lambda m: _exhaustive(m, 4, 1.0, DRBD_HANDLER),
     "skip_priority_delay": lambda m: _random(m, 300),
-    "restore_stale_image": lambda m: _random(m, 300),
+    "restore_stale_image": lambda m: _random(m, 600, IMAGES),
     "promote_consistent": lambda m: _exhaustive(m, 5, 4.0, LONE_DISKS),
 }
 
