@@ -81,10 +81,9 @@ def _bookkeeping(c: Ctx) -> None:
         g = c.d.grant_out
         stale = g is not None and rep.ack != g.grant_id and (
             g.grantor_incarnation != f.local.incarnation or g.grantee_incarnation not in (None, rep.incarnation))
-        taken = g is not None and g.grantee == s.peer and (rep.holds or rep.phase in view.ACTIVE_PHASES)
-        # a peer that offers us a handover was active since: our old yield to it has served
-        superseded = g is not None and g.kind is GrantKind.YIELD and rep.grant is not None and rep.grant.kind is GrantKind.HANDOVER \
-            and rep.grant.grantee == s.node
+        taken = g is not None and g.grantee == s.peer and rep.holds   # kept published until then: the grantee's gate reads it
+        # a peer that offers us a handover was active since: what we granted it has served
+        superseded = g is not None and rep.grant is not None and rep.grant.kind is GrantKind.HANDOVER and rep.grant.grantee == s.node
         if g is not None and (rep.decline == g.grant_id or taken or stale or superseded):
             c.upd(grant_out=None)   # declined, taken over, superseded, or void (an earlier incarnation's, not acknowledged)
         offer = view.grant_offered_to_me(f, s)

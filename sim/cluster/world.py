@@ -629,6 +629,9 @@ class World:
     def _oracle_promoted(self, n: Node, peer: Node, was_disk: Disk, force: bool) -> None:
         ep = n.state.durable.episode
         operator = any(r.evidence is Evidence.OPERATOR and r.episode == ep for r in n.records)
+        # the boot a device record confirmed off is gone (the peer may be back as a new boot, holding nothing)
+        fenced_gone = any(r.evidence is Evidence.DEVICE and r.episode == ep and r.episode.peer_boot_id not in (None, peer.boot_id)
+                          for r in n.records) and not peer.holds() and self.drbd.n[peer.name].role is not Role.PRIMARY
         accept = any(r.accept_data_loss and r.episode == ep for r in n.records)
         ann_peer = peer.state.published if peer.powered else None
         ann_me = n.state.published
@@ -640,7 +643,7 @@ class World:
         if accept and force:
             self.oracle.waive_data_loss()
             missing = []
-        self.oracle.promoted(self.t, n.name, not peer.powered, granted, operator, missing, was_disk, force and accept)
+        self.oracle.promoted(self.t, n.name, not peer.powered or fenced_gone, granted, operator, missing, was_disk, force and accept)
 
     def _promote_steps(self, a: Promote) -> list[tuple[str, tuple[object, ...]]]:
         steps: list[tuple[str, tuple[object, ...]]] = [("drbd_primary", (a.force,)), ("mount", ()), ("ip", ())]
