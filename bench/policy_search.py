@@ -66,7 +66,7 @@ def main() -> int:
     print(f"per worker: median {med:.1f} schedules/s over {len(rates)} chunks (min {min(rates):.1f}, max {max(rates):.1f})")
     print(f"baseline (no faults, same process): {base:.1f} schedules/s; ratio {med / base:.2f}")
     print(f"failures: {len(failures)}")
-    for seed, v in sorted(failures)[:5]:
+    for seed, _ in sorted(failures)[:5]:
         sched = search.random_schedule(random.Random(seed))
         print(search.report(seed, sched, search.run(seed, sched)))
     return 1 if failures else 0

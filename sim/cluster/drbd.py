@@ -134,7 +134,7 @@ class DrbdPair:
                 x.split_brain = True
             return
         usable = (Disk.UP_TO_DATE, Disk.CONSISTENT, Disk.OUTDATED, Disk.INCONSISTENT)
-        for x, y in ((na, nb), (nb, na)):
+        for x in (na, nb):
             x.conn = Conn.CONNECTED
             x.path_lost_at = None
             if x.disk in usable:

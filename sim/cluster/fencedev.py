@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from enum import StrEnum
+from typing import assert_never
 
 
 class Mode(StrEnum):
@@ -61,7 +62,8 @@ class Device:
                 return min(self.time, 1.0)
             case Mode.DIES_WITH_NODE:
                 return self.time if target_powered else min(self.time, 1.0)
-        return self.time
+            case _:
+                assert_never(self.mode)
 
     def outcome(self, target_powered: bool, was_powered: bool = True) -> Result:
         """What the device reports when its operation ends: its verification of the power state."""
@@ -83,7 +85,8 @@ class Device:
                 return Result.REFUSED
             case Mode.ACCEPT_ONLY:
                 return Result.ACCEPTED
-        return Result.FAILED
+            case _:
+                assert_never(self.mode)
 
     def powers_off(self) -> bool:
         return self.mode in (Mode.OK, Mode.SLOW, Mode.DIES_WITH_NODE)

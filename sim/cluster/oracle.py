@@ -115,9 +115,9 @@ def check_decision(prev: PolicyState, f: Facts, s: Settings, d: Decision, *, hea
         if prev.durable.epoch <= rep.epoch and d.state.durable.epoch <= rep.epoch and not stops:
             out.append(f"S5: both hold resources and epoch {prev.durable.epoch} <= peer's {rep.epoch}, yet no stop")
     if heard_now and rep is not None and holds and not f.intent.maintenance \
-            and any(x.node == s.node and x.boot_id == f.local.boot_id for x in rep.fenced):
-        if not (any(isinstance(a, (Demote, SelfFence)) for a in d.actions) or f.sequence is not None):
-            out.append("S5: the peer reports this boot fenced, yet no stop")
+            and any(x.node == s.node and x.boot_id == f.local.boot_id for x in rep.fenced) \
+            and not (any(isinstance(a, (Demote, SelfFence)) for a in d.actions) or f.sequence is not None):
+        out.append("S5: the peer reports this boot fenced, yet no stop")
     return out
 
 

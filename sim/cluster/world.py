@@ -655,7 +655,7 @@ class World:
             steps.append(("vm_handover_save", (a.grant.grant_id, a.grant.epoch)))
         else:
             steps += [("vm_down", (vm_name, None)) for vm_name in self.vm_names]
-        return steps + [("ip_off", ()), ("umount", ()), ("drbd_secondary", ())]
+        return [*steps, ("ip_off", ()), ("umount", ()), ("drbd_secondary", ())]
 
     def _dispatch(self, n: Node, a: Action) -> None:
         name = n.name
@@ -837,9 +837,9 @@ class World:
     def service_up(self) -> str | None:
         """The node running the whole group as intended, if any."""
         for n in self.nodes.values():
-            if n.powered and self.drbd.n[n.name].role is Role.PRIMARY and n.mounted and n.ip:
-                if self.intent.target_role is TargetRole.STOPPED or all(v.state is VmState.RUNNING for v in n.vms.values()):
-                    return n.name
+            whole = n.powered and self.drbd.n[n.name].role is Role.PRIMARY and n.mounted and n.ip
+            if whole and (self.intent.target_role is TargetRole.STOPPED or all(v.state is VmState.RUNNING for v in n.vms.values())):
+                return n.name
         return None
 
     # ================================================================ faults and operator commands

@@ -4,6 +4,8 @@ judged by the simulator's independent oracle (``oracle.check_decision``)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -49,9 +51,11 @@ from clever_cluster.policy import (
     VmState,
     step,
 )
-from clever_cluster.policy.state import Block
 from clever_cluster.policy.model import BlockCause
+from clever_cluster.policy.state import Block
 from clever_cluster.sim.cluster.oracle import check_decision
+
+from . import test_policy_table as TT
 
 S = Settings(node="node1", peer="node2")
 BOOTS = ("node1-boot1", "node1-boot2")
@@ -140,13 +144,6 @@ def test_no_action_breaks_a_rule(s0: PolicyState, f: Facts) -> None:
 # Uniform random facts almost never reach a fence or a promotion; these start from situations that do
 # (a lost peer, a confirmed fence, a grant, a lone boot) and perturb any subset of the inputs.
 
-import dataclasses  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent))
-import policy_build as B  # noqa: E402
-import test_policy_table as TT  # noqa: E402
 
 BASES = [(st_, f) for _, st_, f, _, _ in TT.CASES]
 GRANTS_NEAR = st.sampled_from([TT.GRANT, TT.YIELD, TT.MY_GRANT, TT.MY_YIELD])

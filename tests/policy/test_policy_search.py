@@ -19,7 +19,8 @@ RANDOM_SEEDS = 10_000
 WORKERS = 2
 
 
-def _explain(found: list[tuple[int, list[Command], list[str]]], cfg: search.RunConfig = search.RunConfig()) -> str:
+def _explain(found: list[tuple[int, list[Command], list[str]]], cfg: search.RunConfig | None = None) -> str:
+    cfg = cfg or search.RunConfig()
     seed, sched, _ = found[0]
     return search.report(seed, sched, search.run(seed, sched, cfg), cfg)
 

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from policy_build import BOOT, E1, NOW, S, VMS_DOWN, VMS_UP, active_report, facts, lost, report, state, with_vol
 
 from clever_cluster.policy import (
     AnswerFencePeer,
@@ -60,6 +59,8 @@ from clever_cluster.policy import (
     step,
 )
 from clever_cluster.policy.state import Block
+
+from .policy_build import BOOT, E1, NOW, VMS_DOWN, VMS_UP, S, active_report, facts, lost, report, state, with_vol
 
 EP = LossEpisode("node2", 1, "node2-boot1", 1)
 DEV = FenceRecord(EP, Evidence.DEVICE, "uuid-node2", NOW - 1)
@@ -215,7 +216,7 @@ CASES: list[tuple[str, Any, Any, Code, Callable[[Decision], bool]]] = [
     ("election: nobody eligible", secondary, facts(active=False, peer=report(eligible=False), drbd={"disk": Disk.OUTDATED}),
      Code.ELECTION_NO_ELIGIBLE_NODE, lacks(Promote)),
     # the active node's duties
-    ("steady active", state(), facts(), Code.NO_ACTION_PRIMARY, lambda d: not [a for a in d.actions if not type(a).__name__ in ("Publish",)]),
+    ("steady active", state(), facts(), Code.NO_ACTION_PRIMARY, lambda d: not [a for a in d.actions if type(a).__name__ not in ("Publish",)]),
     ("steady standby", secondary, facts(active=False), Code.NO_ACTION_SECONDARY, NO_RESOURCE_ACTION),
     ("complete an interrupted promote", state(), facts(resources=Resources(False, False, VMS_DOWN)), Code.COMPLETING_PROMOTE, has(Promote, lambda a: a.gate == "held")),
     ("clean a partial group without DRBD Primary", state(), facts(drbd={"role": Role.SECONDARY}, resources=Resources(False, True, VMS_DOWN)),
