@@ -36,7 +36,11 @@ def drbd_fencing(c: Ctx, may_fence_answer: bool = True) -> Outcome | None:
             c.act(AnswerFencePeer(EXIT_BROKEN))
         return None
     phase = Phase.MAINTENANCE if f.intent.maintenance else Phase.PRIMARY
-    outdated = c.status is PeerStatus.HEARD and c.rep is not None and c.rep.disk in OUTDATED_OR_WORSE
+    # the peer's own word counts only from a report sent after we asked (a report from before could
+    # predate a resync); DRBD's own view of the peer's disk counts as it is
+    asked = c.v.outdate_requested_at
+    outdated = (c.status is PeerStatus.HEARD and c.rep is not None and c.rep.disk in OUTDATED_OR_WORSE
+                and asked is not None and c.rep.received_at > asked)
     outdated = outdated or f.drbd.peer_disk is Disk.OUTDATED
     record = view.record_for(f, c.d.episode) if may_fence_answer else None
     if f.drbd.fence_peer_pending:
@@ -50,6 +54,8 @@ def drbd_fencing(c: Ctx, may_fence_answer: bool = True) -> Outcome | None:
             return None
         if c.status is PeerStatus.HEARD:
             c.outdate_request = True
+            if asked is None:
+                c.vol(outdate_requested_at=f.now)
             return phase, Code.OUTDATING_PEER, f"DRBD froze I/O ({f.drbd.connection}); {c.s.peer} heard on another link, asked to outdate its disk (now {c.rep.disk if c.rep else '?'})"
         return None
     if f.drbd.suspended is Suspended.FENCING and not f.intent.maintenance:   # S6: resume-io is an action, not an answer
@@ -60,6 +66,8 @@ def drbd_fencing(c: Ctx, may_fence_answer: bool = True) -> Outcome | None:
         if c.status is PeerStatus.HEARD:
             # the handler gave up (exit 1, e.g. this daemon was down): get the evidence ourselves
             c.outdate_request = True
+            if asked is None:
+                c.vol(outdate_requested_at=f.now)
             return phase, Code.OUTDATING_PEER, f"DRBD I/O frozen (handler gone); {c.s.peer} heard, asked to outdate its disk (now {c.rep.disk if c.rep else '?'})"
     return None
 

@@ -54,6 +54,7 @@ class PolicyState:
     observe_until: float = 0.0                # after a stall: no fence or promote before this
     gateway_lower_since: float | None = None
     operator_fence: bool = False              # `clevervm fence` pending for this episode
+    outdate_requested_at: float | None = None  # when this node first asked the peer to outdate (for the current freeze)
     published: Announcement | None = None
     last_code: str = ""
 

@@ -23,7 +23,7 @@ from .context import Ctx, Outcome
 from .facts import Facts
 from .handler import EXIT_BROKEN
 from .loss import peer_gone
-from .model import BlockCause, Conn, DemoteMode, Disk, Evidence, GrantKind, LossEpisode, Phase, Role
+from .model import BlockCause, Conn, DemoteMode, Disk, Evidence, GrantKind, LossEpisode, Phase, Role, Suspended
 from .mutations import NO_MUTATIONS, Mutations
 from .placement import drbd_fencing, held_without_peer, honour_outdate_request, primary, secondary
 from .reasons import Code, Reason
@@ -63,6 +63,8 @@ def step(state: PolicyState, facts: Facts, settings: Settings, *, mutations: Mut
 
 def _bookkeeping(c: Ctx) -> None:
     f, s, d = c.f, c.s, c.d
+    if not f.drbd.fence_peer_pending and f.drbd.suspended is not Suspended.FENCING:
+        c.vol(outdate_requested_at=None)
     if f.stalled or c.st.published is None:
         # after a stall (receivers drained) or a daemon (re)start: observe afresh for a full
         # timeout before any fence or promotion; delays count from freshly observed loss

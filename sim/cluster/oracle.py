@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 
 from clever_cluster.policy import (
+    AnswerFencePeer,
     Conn,
     Decision,
     Demote,
@@ -29,6 +30,7 @@ from clever_cluster.policy import (
     Facts,
     FencePeer,
     ImageToken,
+    OutdateLocalDisk,
     PolicyState,
     Promote,
     ReconnectDrbd,
@@ -108,6 +110,17 @@ def check_decision(prev: PolicyState, f: Facts, s: Settings, d: Decision, *, hea
                 if first and peer_active and not me_active and not f.fencing.peer_reported_off and age is not None \
                         and age < s.heartbeat_timeout + s.priority_delay - 1e-9:
                     out.append(f"priority delay: fenced an active peer {age - s.heartbeat_timeout:.2f}s after the loss (< {s.priority_delay:g}s)")
+        if isinstance(a, DisconnectDrbd) and not records:
+            out.append("S1b: DRBD disconnected without a fence record of the current episode")
+        if isinstance(a, OutdateLocalDisk) and f.drbd.role is Role.PRIMARY:
+            out.append("outdate of this node's disk while it is DRBD Primary")
+        if isinstance(a, AnswerFencePeer) and a.exit_code == 7 and not records:
+            out.append("fence-peer answered 7 without a fence record of the current episode")
+        if isinstance(a, AnswerFencePeer) and a.exit_code == 4 and not (
+                f.drbd.peer_disk is Disk.OUTDATED or (heard_now and rep is not None and rep.disk in (Disk.OUTDATED, Disk.INCONSISTENT))):
+            out.append("fence-peer answered 4 without the peer's disk reported Outdated")
+        if isinstance(a, AnswerFencePeer) and a.exit_code not in (1, 4, 7):
+            out.append(f"fence-peer answered {a.exit_code}")
         if f.intent.maintenance and isinstance(a, (FencePeer, Promote, Demote, StartVm, StopVm, DisconnectDrbd, ReconnectDrbd, ResumeIo, SelfFence)):
             out.append(f"S6: {type(a).__name__} in maintenance")
     if heard_now and rep is not None and rep.holds and holds and not f.intent.maintenance:

@@ -182,8 +182,11 @@ CASES: list[tuple[str, Any, Any, Code, Callable[[Decision], bool]]] = [
     # DRBD's own fencing (§4.5)
     ("handler: peer heard, ask it to outdate", state(), facts(drbd={"fence_peer_pending": True, "suspended": Suspended.FENCING, "connection": Conn.CONNECTING}),
      Code.OUTDATING_PEER, lambda d: d.state.published is not None and d.state.published.outdate_request),
-    ("handler: peer outdated, answer 4", state(), facts(peer=report(disk=Disk.OUTDATED), drbd={"fence_peer_pending": True, "suspended": Suspended.FENCING, "connection": Conn.CONNECTING}),
+    ("handler: peer outdated since we asked, answer 4", with_vol(state(), outdate_requested_at=NOW - 0.5), facts(peer=report(disk=Disk.OUTDATED), drbd={"fence_peer_pending": True, "suspended": Suspended.FENCING, "connection": Conn.CONNECTING}),
      Code.PEER_OUTDATED_ANSWERED, all_of(has(AnswerFencePeer, lambda a: a.exit_code == 4), epoch_bumped)),
+    ("handler: an Outdated report from before the request is not enough", state(),
+     facts(peer=report(disk=Disk.OUTDATED), drbd={"fence_peer_pending": True, "suspended": Suspended.FENCING, "connection": Conn.CONNECTING}),
+     Code.OUTDATING_PEER, lacks(AnswerFencePeer)),
     ("resume-io with the evidence", state(), facts(drbd={"suspended": Suspended.FENCING, "peer_disk": Disk.OUTDATED, "connection": Conn.CONNECTING}),
      Code.RESUMING_IO, has(ResumeIo)),
     ("outdate on request", secondary, facts(active=False, peer=active_report(outdate_request=True), drbd={"connection": Conn.CONNECTING}),
