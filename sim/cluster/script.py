@@ -104,6 +104,9 @@ def apply(w: World, c: Command) -> str:
                 n.fail_counts.clear()
         case "confirm-fenced":
             return w.operator_confirm(w._other(a[0]), "--accept-data-loss" in a)
+        case "fail-step":
+            # the next step of this kind in a sequence on that node fails (drbd_primary, mount, ip, vm_start, umount, ...)
+            w.step_failures[a[0]].add(a[1])
         case "vm-crash":
             w.vm_crash(a[0], a[1])
         case "vm-stop-outside":
@@ -146,4 +149,5 @@ def heal_all(w: World) -> None:
             n.hang_until = w.t
         n.proto = 5
         n.keys = ("k1",)
+        w.step_failures[name].clear()
     w.set_intent(bans=(), standby=frozenset(), maintenance=False, target_role=TargetRole.STARTED)

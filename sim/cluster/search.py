@@ -47,6 +47,7 @@ RANDOM_ALPHABET: tuple[tuple[str, tuple[str, ...]], ...] = (
       for m in ("ok", "fail", "hang", "unreachable", "slow", "dies_with_node", "wrong_machine", "accept_only")],
     *[("vm-crash", (n, v)) for n in ("node1", "node2") for v in ("vm1", "vm2")],
     ("forcestop", ()), ("forcestart", ()), ("cleanup", ()),
+    *[("fail-step", (n, op)) for n in ("node1", "node2") for op in ("drbd_primary", "mount", "ip", "vm_start", "umount", "drbd_secondary")],
     ("proto", ("node2", "6")), ("proto", ("node2", "5")), ("key", ("node2", "k2", "k1")), ("key", ("node1", "k1", "k2")),
 )
 

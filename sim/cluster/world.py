@@ -175,6 +175,7 @@ class World:
         self.fence_count = 0
         self.power_events: list[tuple[float, str, str]] = []
         self.after_fence_on = True
+        self.step_failures: dict[str, set[str]] = {n: set() for n in self.names}   # one-shot injected failures per step op
         self.vm_names = vms
         for n in self.names:
             self.nodes[n].state = initial_state(self.nodes[n].durable)
@@ -531,6 +532,9 @@ class World:
 
     def _run_step(self, n: Node, sq: SeqRun, op: str, args: tuple[object, ...]) -> str | None:
         name = n.name
+        if op in self.step_failures[name]:
+            self.step_failures[name].discard(op)
+            return "injected failure"
         dn = self.drbd.n[name]
         match op:
             case "drbd_primary":
@@ -742,6 +746,7 @@ class World:
         w.drbd = self.drbd.clone(w.tree)
         w.links = {k: copy.copy(v) for k, v in self.links.items()}
         w.gateway_up = dict(self.gateway_up)
+        w.step_failures = {k: set(v) for k, v in self.step_failures.items()}
         w.devices = {k: [[copy.copy(d) for d in lvl] for lvl in lvls] for k, lvls in self.devices.items()}
         w.oracle = self.oracle.clone()
         w.log = list(self.log)
@@ -758,6 +763,7 @@ class World:
     def fingerprint(self) -> tuple[object, ...]:
         """Everything that decides the future of this world (for deduplicating exhaustive branches)."""
         parts: list[object] = [self.t, self.next_write, self.intent, tuple(sorted(self.gateway_up.items())),
+                               tuple((k, tuple(sorted(v))) for k, v in sorted(self.step_failures.items())),
                                tuple((k, dl.up, dl.loss, dl.burst_until) for k, dl in sorted(self.links.items())),
                                tuple((f, tuple((d.mode, d.target) for d in lvl)) for f, lvls in sorted(self.devices.items()) for lvl in lvls)]
         for n in self.nodes.values():
