@@ -53,10 +53,7 @@ def drbd_fencing(c: Ctx, may_fence_answer: bool = True) -> Outcome | None:
             c.act(AnswerFencePeer(EXIT_PEER_FENCED))
             return None
         if c.status is PeerStatus.HEARD:
-            c.outdate_request = True
-            if asked is None:
-                c.vol(outdate_requested_at=f.now)
-            return phase, Code.OUTDATING_PEER, f"DRBD froze I/O ({f.drbd.connection}); {c.s.peer} heard on another link, asked to outdate its disk (now {c.rep.disk if c.rep else '?'})"
+            return _ask_outdate(c, phase, f"DRBD froze I/O ({f.drbd.connection}); {c.s.peer} heard on another link")
         return None
     if f.drbd.suspended is Suspended.FENCING and not f.intent.maintenance:   # S6: resume-io is an action, not an answer
         if outdated or record is not None:
@@ -65,11 +62,16 @@ def drbd_fencing(c: Ctx, may_fence_answer: bool = True) -> Outcome | None:
             return phase, Code.RESUMING_IO, f"DRBD I/O frozen with no fence-peer handler running; {evidence}: resume-io"
         if c.status is PeerStatus.HEARD:
             # the handler gave up (exit 1, e.g. this daemon was down): get the evidence ourselves
-            c.outdate_request = True
-            if asked is None:
-                c.vol(outdate_requested_at=f.now)
-            return phase, Code.OUTDATING_PEER, f"DRBD I/O frozen (handler gone); {c.s.peer} heard, asked to outdate its disk (now {c.rep.disk if c.rep else '?'})"
+            return _ask_outdate(c, phase, f"DRBD I/O frozen (handler gone); {c.s.peer} heard")
     return None
+
+
+def _ask_outdate(c: Ctx, phase: Phase, why: str) -> Outcome:
+    """Publish the outdate request; the time of the first ask makes later reports count as answers."""
+    c.outdate_request = True
+    if c.v.outdate_requested_at is None:
+        c.vol(outdate_requested_at=c.f.now)
+    return phase, Code.OUTDATING_PEER, f"{why}, asked to outdate its disk (now {c.rep.disk if c.rep else '?'})"
 
 
 def honour_outdate_request(c: Ctx) -> Outcome | None:
