@@ -72,3 +72,29 @@ def test_a_violation_is_reported_with_seed_and_minimal_schedule() -> None:
     text = search.report(seed, sched, search.run(seed, sched, cfg), cfg)
     assert text.startswith(f"seed {seed}: ")
     assert all(f"  {c}" in text.splitlines() for c in small)
+
+
+SINGLE_FAULTS = {
+    "active power loss": [("power-off", ("node1",))],
+    "standby power loss": [("power-off", ("node2",))],
+    "active daemon crash": [("crash", ("node1",))],
+    "active daemon hang": [("hang", ("node1", "30"))],
+    "all links cut": [("cut", ("bond0",)), ("cut", ("lan",))],
+    "isolated active": [("gateway-down", ("node1",)), ("cut", ("bond0",)), ("cut", ("lan",))],
+    "replication link cut": [("cut", ("bond0",))],
+    "active gateway lost": [("gateway-down", ("node1",))],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SINGLE_FAULTS))
+def test_single_fault_service_back_within_the_bound(name: str) -> None:
+    """Without healing the fault: the service runs again (here or after a fence) within the predicted bound."""
+    w = search.new_world(0, search.RunConfig())
+    w.run_until(15.0)
+    assert w.service_up() == "node1"
+    for verb, args in SINGLE_FAULTS[name]:
+        search.apply(w, Command(w.t, verb, args))
+    bound = search.predicted_bound()
+    w.run_until(15.0 + bound)
+    assert not w.oracle.violations, w.oracle.violations[0]
+    assert w.service_up() is not None, f"{name}: no service {bound:g}s after the fault: {search.status_line(w)}"
