@@ -17,8 +17,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from clever_cluster.policy import Phase
+
+from .config import DEFAULT_SETTINGS, LogLine
 from .script import Command, apply, parse
-from .world import DEFAULT_SETTINGS, World
+from .world import World
 
 
 @dataclasses.dataclass
@@ -60,10 +63,8 @@ def run_commands(cmds: list[Command], seed: int = 0) -> ScenarioResult:
     return ScenarioResult(format_log(w), failures, w)
 
 
-def _note(w: World, c: Command, out: str):  # type: ignore[no-untyped-def]
-    from clever_cluster.policy import Phase
-
-    from .world import LogLine
+def _note(w: World, c: Command, out: str) -> LogLine:
+    """An operator command that printed something other than ok, as a log line."""
     return LogLine(w.t, "operator", Phase.SECONDARY, f"{c.verb} {' '.join(c.args)}", out, ())
 
 

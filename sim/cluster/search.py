@@ -16,8 +16,9 @@ from collections.abc import Iterator, Sequence
 
 from clever_cluster.policy import NO_MUTATIONS, Mutations, Phase
 
+from .config import FAST_SETTINGS, FAST_TIMING
 from .script import Command, apply, heal_all
-from .world import FAST_SETTINGS, FAST_TIMING, World
+from .world import World
 
 # One event per kind the issue names, node-specific ones aimed at node1 (the
 # node a cold start makes active) except the standby's fence device.
