@@ -473,6 +473,7 @@ class World(ExecutorModel):
                 missing, dn.suspended, dn.handler, dn.split_brain, dn.up, dn.path_lost_at, dn.config_safe,
             ))
         parts.append(self.drbd.n[self.names[0]].head == self.drbd.n[self.names[1]].head)
+        parts.append(tuple(sorted(self.oracle.consumed)))
         return tuple(parts)
 
     def _decide(self, n: Node) -> None:
