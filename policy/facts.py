@@ -116,6 +116,7 @@ class Drbd:
     fence_peer_pending: bool = False   # DRBD's fence-peer handler is waiting for this daemon's answer
     config_safe: bool | None = None    # S9 check of `drbdsetup show`; None: not checked yet
     config_problem: str = ""
+    connected_since: float | None = None  # when the connection to the peer last became Connected (None: not since start)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

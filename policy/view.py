@@ -91,10 +91,13 @@ def peer_fail_count(rep: PeerReport | None, vm: str) -> int:
 
 
 def record_for(f: Facts, episode: LossEpisode | None) -> FenceRecord | None:
-    """A fence record of this episode; one that accepts data loss is preferred (it says more)."""
+    """A fence record of this episode that still means something; one that accepts data loss is
+    preferred (it says more). A record older than DRBD's last connection to the peer is void: the
+    peer came back (a new boot, powered on after the fence) and DRBD talked to it since."""
     if episode is None:
         return None
-    mine = [r for r in f.fencing.records if r.episode == episode]
+    since = f.drbd.connected_since
+    mine = [r for r in f.fencing.records if r.episode == episode and (since is None or r.confirmed_at >= since)]
     return next((r for r in mine if r.accept_data_loss), mine[0] if mine else None)
 
 

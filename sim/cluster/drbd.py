@@ -72,6 +72,7 @@ class DrbdNode:
     up: bool = True                  # the node is powered and DRBD configured
     path_lost_at: float | None = None  # when the replication path died while we believed Connected
     config_safe: bool = True
+    connected_at: float | None = None  # when the connection last became Connected
 
 
 class DrbdPair:
@@ -107,7 +108,8 @@ class DrbdPair:
                 self._lose(name, me, outdated_peer=False)
                 events.append((name, "lost"))
         if path_ok and na.up and nb.up and na.conn is Conn.CONNECTING and nb.conn is Conn.CONNECTING:
-            self._handshake(na, nb)
+            if self._handshake(na, nb):
+                na.connected_at = nb.connected_at = now
             events.append((a, "connected"))
         return events
 
@@ -120,7 +122,8 @@ class DrbdPair:
             me.suspended = True
             me.handler = True
 
-    def _handshake(self, na: DrbdNode, nb: DrbdNode) -> None:
+    def _handshake(self, na: DrbdNode, nb: DrbdNode) -> bool:
+        """Compare the data and connect (True), or find split brain (False)."""
         t = self.tree
         if na.head == nb.head:
             pass
@@ -132,7 +135,7 @@ class DrbdPair:
             for x in (na, nb):
                 x.conn = Conn.STANDALONE
                 x.split_brain = True
-            return
+            return False
         usable = (Disk.UP_TO_DATE, Disk.CONSISTENT, Disk.OUTDATED, Disk.INCONSISTENT)
         for x in (na, nb):
             x.conn = Conn.CONNECTED
@@ -145,6 +148,7 @@ class DrbdPair:
             if x.handler:
                 x.handler = False     # "Ignoring fence-peer exit code": the peer is back
             x.suspended = False
+        return True
 
     def sync_views(self) -> None:
         """While Connected, each side sees the other's role and disk."""
@@ -234,6 +238,7 @@ class DrbdPair:
     def boot(self, name: str) -> None:
         me = self.n[name]
         me.up = True
+        me.connected_at = None
         me.role = Role.SECONDARY
         me.conn = Conn.CONNECTING
         me.peer_disk = Disk.UNKNOWN

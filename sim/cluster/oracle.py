@@ -65,7 +65,9 @@ def check_decision(prev: PolicyState, f: Facts, s: Settings, d: Decision, *, hea
     holds = _holds(f)
     ann = d.state.published
     ep = d.state.durable.episode
-    records = [r for r in f.fencing.records if ep is not None and r.episode == ep]
+    # a record confirmed before DRBD last connected to the peer says nothing about the peer that is there now
+    since = f.drbd.connected_since
+    records = [r for r in f.fencing.records if ep is not None and r.episode == ep and (since is None or r.confirmed_at >= since)]
     banned = any(b.node == s.node and (b.until is None or f.now < b.until) for b in f.intent.bans)
     for a in d.actions:
         if isinstance(a, Promote) and a.gate != "held" and not (holds and f.drbd.role is Role.PRIMARY):
