@@ -21,7 +21,7 @@ from . import view
 from .actions import AnswerFencePeer, Demote, OutdateLocalDisk, Promote, ReconnectDrbd, ResumeIo, StartVm, StopVm, VmPlan
 from .context import Ctx, Outcome
 from .handler import EXIT_BROKEN, EXIT_PEER_FENCED, EXIT_PEER_OUTDATED
-from .model import Conn, DemoteMode, Disk, Grant, GrantKind, Phase, Role, StopCause, Suspended, TargetRole, VmState
+from .model import Conn, DemoteMode, Disk, Grant, GrantKind, Phase, Role, SequenceKind, StopCause, Suspended, TargetRole, VmState
 from .reasons import Code
 from .view import PeerStatus
 
@@ -33,7 +33,12 @@ def drbd_fencing(c: Ctx, may_fence_answer: bool = True) -> Outcome | None:
     f = c.f
     if f.drbd.role is not Role.PRIMARY:
         if f.drbd.fence_peer_pending:
-            c.act(AnswerFencePeer(EXIT_BROKEN))
+            # DRBD runs fence-peer from the promotion itself when the peer's disk is unknown
+            # (resource-and-stonith): a promotion under the episode's fence record answers 7.
+            promoting = f.sequence is not None and f.sequence.kind is SequenceKind.PROMOTE
+            record = view.record_for(f, c.d.episode) if may_fence_answer and promoting else None
+            fenced = record is not None and c.status is not PeerStatus.HEARD
+            c.act(AnswerFencePeer(EXIT_PEER_FENCED if fenced else EXIT_BROKEN))
         return None
     phase = Phase.MAINTENANCE if f.intent.maintenance else Phase.PRIMARY
     # the peer's own word counts only from a report sent after we asked (a report from before could
