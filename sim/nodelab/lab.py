@@ -149,8 +149,9 @@ class NodeLab:
         pw.write_text(BMC_PASSWORD + "\n")
         pw.chmod(0o600)
         self.controller = power.PowerController(w / "power.sock", self._power_request)
-        handlers = {i: {"handlers": {verb: f"{shlex.quote(sys.executable)} -m clever_cluster.daemon.cli --config "
-                                           f"{shlex.quote(str(w / f'node{i}' / 'config.toml'))} {verb}"
+        # The installed `clevervm` entry point: DRBD's S9 check accepts only "[path/]clevervm [--config F] VERB".
+        clevervm = shlex.quote(str(Path(sys.executable).with_name("clevervm")))
+        handlers = {i: {"handlers": {verb: f"{clevervm} --config {shlex.quote(str(w / f'node{i}' / 'config.toml'))} {verb}"
                                      for verb in ("fence-peer", "unfence-peer")}} for i in (1, 2)}
         self.drbd = DrbdPair(w / "drbd", self.drbd_version, topo=self.topo, loop=True, conf=self.drbd_conf, node_conf=handlers,
                              transitions=self.transitions)
