@@ -52,7 +52,7 @@ def test_lab_comes_up_with_each_node_in_its_own_namespaces(make_nodelab: Callabl
     for n in lab.nodes:
         assert n.daemon is not None and n.holder is not None
         st = n.status()
-        assert (st["node"], st["peer"], st["pid"]) == (n.name, f"node{3 - n.index}", n.daemon.pid)
+        assert (st["node"], st["peer"], st["daemon"]["pid"]) == (n.name, f"node{3 - n.index}", n.daemon.pid)
         # The daemon runs in the node's network namespace and in the node's (not the host's) mount namespace.
         assert ns_inode(n.daemon.pid, "net") == os.stat(f"/run/netns/{n.ns}").st_ino
         assert ns_inode(n.daemon.pid, "mnt") == ns_inode(n.holder.pid, "mnt") != ns_inode(os.getpid(), "mnt")
