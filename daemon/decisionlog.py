@@ -80,7 +80,6 @@ def catalog() -> str:
             f"-- {message_id(code.value)}",
             f"Subject: clever-clusterd decision {code.value}",
             "Defined-By: clever-cluster",
-            "Documentation: man:clevervm(8)",
             "",
             row.meaning,
             "",
