@@ -74,6 +74,7 @@ class PeerView:
     longest_silence: float
     drops: dict[str, int]
     unconfirmed: int
+    overtaken: int  # fresh datagrams sent before the newest one taken as facts: proof of life only
 
     @property
     def settings_mismatch(self) -> bool | None:

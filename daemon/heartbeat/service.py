@@ -368,6 +368,7 @@ def status_dict(svc: HeartbeatService) -> dict[str, Any]:
         "links": links,
         "drops": v.drops,
         "unconfirmed": v.unconfirmed,
+        "overtaken": v.overtaken,
         "restarts": v.restarts,
         "longest_silence": _r(v.longest_silence),
         "requests": {"outstanding": s.requests.outstanding(), "served": s.requests.served},

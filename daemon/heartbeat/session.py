@@ -26,6 +26,12 @@ Invariants:
   loop stall (DESIGN section 3: after a stall the world is observed afresh).
 - A peer that announced ``leaving`` is "left", not "lost"; one that
   announced ``restarting`` is "restarting" until its expected time passed.
+- The peer's facts never go back in time: a body is taken as facts only if
+  the peer sent it (by its own clock, ``sent_us``) no earlier than the
+  newest body taken so far. Sequence numbers order each link only, so a datagram
+  overtaken on another link (a slower path, or one held back by an
+  attacker for less than a timeout) still proves the peer alive, but its
+  report, announcement, intent and requests are older than what we hold.
 """
 
 from __future__ import annotations
@@ -102,6 +108,8 @@ class Session:
         self.restarts = 0
         self._old_incarnation: int | None = None
         self._fresh: tuple[int, float] | None = None  # the peer's latest send time (any link), when received
+        self._facts_us: int | None = None  # the peer's send time of the newest body taken as facts
+        self.overtaken = 0  # fresh datagrams older than the facts held: proof of life only
         self.longest_silence = 0.0  # between fresh datagrams while the peer was heard: the margin left to the timeout
         self.events: collections.deque[Event] = collections.deque(maxlen=EVENT_HISTORY)
         self.event_counts: collections.Counter[str] = collections.Counter()
@@ -261,6 +269,7 @@ class Session:
     def _peer_restarted(self, old: int | None, new: int, now: float, *, first: bool) -> None:
         """A (first or new) peer incarnation: what we knew of the previous one is void."""
         self._fresh = None
+        self._facts_us = None  # the new incarnation's clock may be another boot's
         for ls in self.links:
             ls.reset_peer()
         if first:
@@ -272,29 +281,32 @@ class Session:
         self.emit("peer_restarted", now, f"{self.ident.peer} restarted: incarnation {old} -> {new}")
 
     def _readable(self, link: int, env: Envelope, hb: Heartbeat, now: float) -> None:
+        ls = self.links[link]
+        ls.rtt_sample(now, hb.echo_us, hb.hold_us)
+        if env.version >= 2:
+            # Answers to our requests are final once given, so an older copy can only repeat one.
+            self.requests.on_responses(hb.responses)
+        if self._facts_us is not None and hb.sent_us < self._facts_us:
+            # Sent before the body whose facts we hold (overtaken on another link, or held back
+            # on the way): proof of life, but its report, announcement and intent are older.
+            # (An equal time is another link's copy of the same send: the same facts.)
+            self.overtaken += 1
+            self._heard(ls, now)
+            self.requests.available = self.peer_version is not None and self.peer_version >= 2 and self.state in HEARD
+            return
+        self._facts_us = hb.sent_us
         self.peer_version = env.version
         self.peer_boot_id = str(uuid.UUID(bytes=hb.boot_id))
         self.peer_machine_id = None if hb.machine_id is None else str(uuid.UUID(bytes=hb.machine_id))
-        ls = self.links[link]
-        ls.rtt_sample(now, hb.echo_us, hb.hold_us)
         for i, other in enumerate(self.links):
             if i < len(hb.rx_loss) and hb.rx_loss[i] is not None:
                 other.peer_rx_loss = (hb.rx_loss[i] or 0) / 1000
         self.peer_report = hb.report
         self.report_at = now
-        if hb.announce is None:
-            self.peer_announce = None
-            self.restart_deadline = None
-            self._set_state(PeerState.ALIVE, now, f"{self.ident.peer} is alive (heard on {ls.name})")
-        else:
-            if hb.announce != self.peer_announce:
-                self.peer_announce = hb.announce
-                self.restart_deadline = now + hb.announce.expected if hb.announce.kind == "restarting" else None
-            if hb.announce.kind == "leaving":
-                self._set_state(PeerState.LEFT, now, f"{self.ident.peer} left: it announced a clean stop")
-            else:
-                self._set_state(PeerState.RESTARTING, now,
-                                f"{self.ident.peer} is restarting: expected back within {hb.announce.expected:g} s")
+        if hb.announce != self.peer_announce:
+            self.peer_announce = hb.announce
+            self.restart_deadline = now + hb.announce.expected if hb.announce is not None and hb.announce.kind == "restarting" else None
+        self._heard(ls, now)
         if hb.fingerprint != self.peer_fingerprint:
             self.peer_fingerprint = hb.fingerprint
             self._check_fingerprint(now)
@@ -302,7 +314,17 @@ class Session:
         self.requests.available = env.version >= 2 and self.state in HEARD
         if env.version >= 2:
             self.requests.on_requests(hb.requests, now)
-            self.requests.on_responses(hb.responses)
+
+    def _heard(self, ls: LinkStats, now: float) -> None:
+        """A fresh, readable datagram: the peer is alive, or left or restarting as it last announced."""
+        announce = self.peer_announce
+        if announce is None:
+            self._set_state(PeerState.ALIVE, now, f"{self.ident.peer} is alive (heard on {ls.name})")
+        elif announce.kind == "leaving":
+            self._set_state(PeerState.LEFT, now, f"{self.ident.peer} left: it announced a clean stop")
+        else:
+            self._set_state(PeerState.RESTARTING, now,
+                            f"{self.ident.peer} is restarting: expected back within {announce.expected:g} s")
 
     def _take_intent(self, hb: Heartbeat, now: float) -> None:
         was_acked = self.intent.acknowledged
@@ -446,4 +468,5 @@ class Session:
             longest_silence=self.longest_silence,
             drops=dict(self.drops),
             unconfirmed=self.unconfirmed,
+            overtaken=self.overtaken,
         )
