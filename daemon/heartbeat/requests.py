@@ -162,13 +162,15 @@ class RequestChannel:
                 o.future.set_exception(RequestFailed(f"{o.kind}: the peer restarted before answering"))
 
     def on_requests(self, msgs: tuple[RequestMsg, ...], now: float) -> None:
+        new = False
         for m in msgs:
             entry = self._in.get(m.rid)
             if entry is not None:
-                entry.last_seen = now
+                entry.last_seen = now  # a repeat: answered with the next heartbeat
                 continue
             if m.rid <= self._in_floor:
                 continue  # answered and forgotten; a late copy must not run it again
+            new = True
             entry = _Incoming(m.rid, m.kind, now)
             self._in[m.rid] = entry
             self._forget_old()
@@ -179,7 +181,10 @@ class RequestChannel:
             task = asyncio.get_running_loop().create_task(self._serve(entry, m.payload, *served), name=f"peer request {m.kind}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        if msgs:
+        if new:
+            # Only a new request is answered at once. Sending at once for every repeat made two
+            # nodes with requests at each other answer each datagram with one per link, each
+            # carrying a request again: a storm that grew with every round trip.
             self._kick()
 
     def _forget_old(self) -> None:

@@ -335,3 +335,34 @@ async def test_a_link_held_back_never_rolls_the_peer_report_back(tmp_path: Path)
     finally:
         fwd.close()
         await n.close()
+
+
+async def test_requests_outstanding_both_ways_do_not_start_a_datagram_storm(nodes: Nodes) -> None:
+    """Each node has a request running at the other. A datagram carrying a request used to make its receiver send on every link at once,
+    whose datagrams carried its own request: with two links, a ping-pong that doubled every round
+    trip and kept both loops busy until the handlers returned."""
+    s1 = await nodes.start(1)
+    s2 = await nodes.start(2)
+
+    async def slow(req: OutdateRequest) -> OutdateResult:
+        await asyncio.sleep(1.0)
+        return OutdateResult(outdated=True)
+
+    s1.requests.register(OUTDATE_DISK, slow)
+    s2.requests.register(OUTDATE_DISK, slow)
+    await both_alive(nodes)
+    await until(lambda: s1.requests.available and s2.requests.available, 5, "requests available")
+    loop = asyncio.get_running_loop()
+
+    def sent() -> int:
+        return sum(ln.sent for svc in (s1, s2) for ln in svc.links)
+
+    before, t0 = sent(), loop.time()
+    results = await asyncio.gather(s1.requests.call(OUTDATE_DISK, OutdateRequest(resource="r0"), 10.0),
+                                   s2.requests.call(OUTDATE_DISK, OutdateRequest(resource="r0"), 10.0))
+    elapsed = loop.time() - t0
+    assert results == [OutdateResult(outdated=True)] * 2
+    # The heartbeats (2 nodes x 2 links per interval), plus a few sends at once per request
+    # (ask, accept, answer) on each link.
+    cadence = 2 * 2 * (elapsed / nodes.cfg[1].heartbeat.interval + 1)
+    assert sent() - before <= cadence + 2 * 2 * 6, f"{sent() - before} datagrams in {elapsed:.2f} s"
