@@ -17,6 +17,8 @@ Invariants:
   passes nothing else), so a replay cannot re-run an old request.
 - ``call`` raises one of the :class:`RequestError` subclasses, never hangs
   past its timeout, and a late answer after a timeout is ignored.
+- A request voided by the peer's restart is never sent again: the next
+  incarnation only ever sees requests made after it was heard.
 """
 
 from __future__ import annotations
@@ -160,6 +162,9 @@ class RequestChannel:
         for o in list(self._out.values()):
             if not o.future.done():
                 o.future.set_exception(RequestFailed(f"{o.kind}: the peer restarted before answering"))
+        # Not sent again: the callers resume only on a later loop iteration, and a datagram built
+        # meanwhile would carry the void requests to the new incarnation, which would serve them.
+        self._out.clear()
 
     def on_requests(self, msgs: tuple[RequestMsg, ...], now: float) -> None:
         new = False

@@ -7,8 +7,12 @@ same attacks over real UDP where timing matters.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
+import pytest
+
+from clever_cluster.daemon.heartbeat import HANDOVER_GRANT, Epoch, GrantRequest, GrantResult, GrantToken, RequestFailed
 from clever_cluster.daemon.heartbeat.facts import PeerState
 from clever_cluster.daemon.heartbeat.model import Announce, NodeReport
 from clever_cluster.daemon.heartbeat.session import Session
@@ -71,3 +75,35 @@ def test_an_acknowledgement_of_the_intent_is_not_taken_back_by_an_older_datagram
     a.receive(1, old, T0 + 0.3)
     assert a.intent.acknowledged and a.view(T0 + 0.3).intent_acknowledged
     assert [e.kind for e in a.events].count("intent_acknowledged") == 1
+
+
+# --------------------------------------------------------------------------- requests and incarnations
+
+
+async def test_a_request_voided_by_the_peers_restart_is_not_sent_to_its_next_incarnation(pair: Pair) -> None:
+    """node1 offers a handover grant; node2 restarts before it saw it. node1 learns the new
+    incarnation (the call fails: "the peer restarted before answering", the caller decides
+    again) and its very next datagram, sent before the caller has run again, must not carry
+    the void request to node2's new incarnation, which would acknowledge a grant its grantor
+    has written off."""
+    a, _b, _box = connected(pair)
+    token = GrantToken(grant_id="g1", kind="grant", grantee="node2", grantor_incarnation=100, epoch=Epoch(counter=3, node="node1"))
+    call = asyncio.ensure_future(a.requests.call(HANDOVER_GRANT, GrantRequest(token=token), 10.0))
+    await asyncio.sleep(0)
+    assert a.requests.outstanding()
+    acknowledged: list[GrantRequest] = []
+
+    async def grant(req: GrantRequest) -> GrantResult:
+        acknowledged.append(req)
+        return GrantResult(accepted=True)
+
+    b2 = make_session(pair.cfg2, 201)
+    b2.requests.register(HANDOVER_GRANT, grant)
+    a.receive(0, b2.datagram(0, T0 + 0.2), T0 + 0.2)
+    assert a.restarts == 1
+    b2.receive(0, a.datagram(0, T0 + 0.21), T0 + 0.21)  # fresh for b2: echoes its incarnation and send time
+    assert b2.state is PeerState.ALIVE
+    with pytest.raises(RequestFailed, match="restarted"):
+        await call
+    await asyncio.sleep(0)
+    assert acknowledged == [] and b2.requests.served == 0
