@@ -220,7 +220,7 @@ class HeartbeatService:
             return
         try:
             data = self.session.datagram(link.index, now, announce)
-        except Exception as e:  # a bug (say, in the runtime's report) must not end the sender
+        except Exception as e:  # a bug in the runtime's report, or a report too large, must not end the sender
             # Nothing is sent rather than a made-up report: to the peer this looks like loss, and a
             # lasting bug makes this node lost (and fenced) instead of misinformed.
             self.send_bugs += 1

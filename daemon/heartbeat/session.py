@@ -19,8 +19,10 @@ we cannot read ("incompatible"), and only its body becomes facts. So a
 datagram held back on the way, or recorded and replayed, proves nothing.
 
 Invariants:
-- Never raises on received bytes; a send never fails for lack of room (VM
-  details are shed first, and counted as omitted).
+- Never raises on received bytes. A datagram too large leaves out what can
+  wait (VM details, counted as omitted; the intent record; requests and
+  answers), never another fact of the report; one that cannot fit even
+  then is not built (ValueError) rather than sent cut short.
 - Peer lost = no fresh datagram on any link for ``heartbeat.timeout``,
   counted from the later of the last fresh datagram and the end of the last
   loop stall (DESIGN section 3: after a stall the world is observed afresh).
@@ -40,7 +42,7 @@ import collections
 import dataclasses
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from .. import logsetup
 from ..config import Config, safety_fingerprint
@@ -50,7 +52,7 @@ from .identity import LocalIdentity
 from .intent import IntentStore
 from .keys import Keyring
 from .linkstats import LinkStats
-from .model import Announce, NodeReport, ResourceSummary
+from .model import Announce, NodeReport
 from .replay import Admit, ReplayGuard
 from .requests import RequestChannel
 from .wire import MIN_VERSION, PROTOCOL_VERSION, Drop, Envelope, Heartbeat, decode_body, encode_body, open_datagram, seal
@@ -161,27 +163,21 @@ class Session:
         return self._seal_fitting(env, hb)
 
     def _seal_fitting(self, env: Envelope, hb: Heartbeat) -> bytes:
-        try:
-            return seal(env, encode_body(env.version, hb), self.keys)
-        except ValueError:
-            pass
-        # Too big: shed per-VM detail (the peer then treats those VMs as unknown).
-        res = hb.report.resources
-        vms = list(res.vms)
-        while True:
-            dropped = len(res.vms) - len(vms) + res.vms_omitted
-            smaller = dataclasses.replace(hb, report=dataclasses.replace(
-                hb.report, resources=dataclasses.replace(res, vms=tuple(vms), vms_omitted=dropped)))
+        """The datagram, with what can wait left out until it fits; never a fact of the report.
+
+        Left out in this order: per-VM details (the peer sees ``vms_omitted`` and treats those
+        VMs as unknown), the intent record (its name still rides along; the record follows
+        once there is room), then requests and answers (they ride again in the next datagram).
+        A report that does not fit even then raises ValueError, and nothing is sent: a report
+        cut short would read as "no epoch, no grant, fenced nothing" at the peer.
+        """
+        for candidate in _shedding(hb):
             try:
-                return seal(env, encode_body(env.version, smaller), self.keys)
+                return seal(env, encode_body(env.version, candidate), self.keys)
             except ValueError:
-                if not vms:
-                    break
-                vms.pop()
-        log.error("heartbeat report does not fit a datagram even without VM details; sending the phase only")
-        bare = dataclasses.replace(hb, report=NodeReport(phase=hb.report.phase, resources=ResourceSummary(vms_omitted=len(res.vms))),
-                                   intent=None, requests=(), responses=())
-        return seal(env, encode_body(env.version, bare), self.keys)  # bounded well below the limit
+                continue
+        raise ValueError("this node's report does not fit a heartbeat datagram even without VM details, "
+                         "the intent record, requests and answers (are the node names very long?)")
 
     def _rx_loss(self, now: float) -> tuple[int | None, ...]:
         by_stream: dict[int, int | None] = {}
@@ -470,3 +466,21 @@ class Session:
             unconfirmed=self.unconfirmed,
             overtaken=self.overtaken,
         )
+
+
+def _shedding(hb: Heartbeat) -> Iterator[Heartbeat]:
+    """``hb``, then smaller copies of it (see :meth:`Session._seal_fitting` for the order)."""
+    yield hb
+    res = hb.report.resources
+    vms = list(res.vms)
+    smaller = hb
+    while vms:
+        vms.pop()
+        smaller = dataclasses.replace(hb, report=dataclasses.replace(hb.report, resources=dataclasses.replace(
+            res, vms=tuple(vms), vms_omitted=res.vms_omitted + len(res.vms) - len(vms))))
+        yield smaller
+    if smaller.intent is not None:
+        smaller = dataclasses.replace(smaller, intent=None)
+        yield smaller
+    if smaller.requests or smaller.responses:
+        yield dataclasses.replace(smaller, requests=(), responses=())

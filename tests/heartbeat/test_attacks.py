@@ -12,10 +12,12 @@ import dataclasses
 
 import pytest
 
-from clever_cluster.daemon.heartbeat import HANDOVER_GRANT, Epoch, GrantRequest, GrantResult, GrantToken, RequestFailed
+from clever_cluster.daemon import config as config_mod
+from clever_cluster.daemon.heartbeat import HANDOVER_GRANT, Epoch, GrantRequest, GrantResult, GrantToken, RequestFailed, model
 from clever_cluster.daemon.heartbeat.facts import PeerState
 from clever_cluster.daemon.heartbeat.model import Announce, NodeReport
 from clever_cluster.daemon.heartbeat.session import Session
+from clever_cluster.daemon.heartbeat.wire import MAX_DATAGRAM
 
 from .conftest import Pair, exchange, make_session
 
@@ -107,3 +109,85 @@ async def test_a_request_voided_by_the_peers_restart_is_not_sent_to_its_next_inc
         await call
     await asyncio.sleep(0)
     assert acknowledged == [] and b2.requests.served == 0
+
+
+# --------------------------------------------------------------------------- a report too large for one datagram
+
+
+def renamed(pair: Pair, n1: str, n2: str, cluster: str = "democluster") -> Pair:
+    def rename(cfg: config_mod.Config, node: str, peer: str) -> config_mod.Config:
+        return dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, name=cluster, node=node, peer=peer))
+    return dataclasses.replace(pair, cfg1=rename(pair.cfg1, n1, n2), cfg2=rename(pair.cfg2, n2, n1))
+
+
+async def test_a_handover_that_does_not_fit_one_datagram_sheds_the_intent_record_never_report_facts(pair: Pair) -> None:
+    """Node names of 39 characters (63 are allowed); node1 hands over (clevervm migrate): its ban is not yet
+    acknowledged, four earlier cleanups ride in the intent record, its report carries the
+    grant, its epoch and the incarnation of node2 it once fenced, and the grant request is
+    outstanding. That does not fit 1232 bytes. The report used to be cut to its phase: node2
+    read "no epoch, no grant, fenced nothing" (facts node1 never sent), and neither the request
+    nor the intent went out. What can wait (the intent record) must go first."""
+    n1, n2 = "clevervm-production-plant-one-node-0001", "clevervm-production-plant-one-node-0002"
+    p = renamed(pair, n1, n2)
+    epoch = model.Epoch(counter=41, node=n1)
+    episode = model.EpisodeId(peer=n2, peer_incarnation=1_700_000_123, peer_boot_id="6f1c2c1e-8a43-4a8e-9d1f-0a3f5d1e2b77", counter=7)
+    token = GrantToken(grant_id="h-1700000123-000042", kind="grant", grantee=n2, grantor_incarnation=100, epoch=epoch)
+    report = NodeReport(
+        phase="DEMOTING", epoch=epoch, gateway_score=200, eligible=True, grant=token,
+        resources=model.ResourceSummary(drbd=model.DrbdReport(role="Secondary", disk="UpToDate", peer_disk="UpToDate",
+                                                              connection="Connected", data_uuid="3A1F0C2D9E8B7A65"), mounted=False, ip=False),
+        fencing=model.FencingReport(fenced=model.FencedIncarnation(node=n2, incarnation=1_700_000_001, episode=episode)))
+    a = make_session(p.cfg1, 100, report=lambda: report)
+    b = make_session(p.cfg2, 200)
+    exchange(a, b, T0)
+    exchange(a, b, T0)
+    for i in range(4):
+        a.intent.change(lambda r, i=i: dataclasses.replace(r, cleanups=(*r.cleanups, model.Cleanup(
+            serial=i + 1, at=1.7e9, resource=f"plc-production-controller-{i:02d}", node=n1))), 1.7e9)
+    exchange(a, b, T0 + 0.1)
+    assert a.intent.acknowledged
+    ban = a.intent.change(lambda r: dataclasses.replace(r, bans=(model.Ban(node=n1, reason="migrate"),)), 1.7e9)
+    accepted: list[GrantRequest] = []
+
+    async def grant(req: GrantRequest) -> GrantResult:
+        accepted.append(req)
+        return GrantResult(accepted=True)
+
+    b.requests.register(HANDOVER_GRANT, grant)
+    call = asyncio.ensure_future(a.requests.call(HANDOVER_GRANT, GrantRequest(token=token), 10.0))
+    await asyncio.sleep(0)
+    data = a.datagram(0, T0 + 0.2)
+    assert len(data) <= MAX_DATAGRAM
+    b.receive(0, data, T0 + 0.2)
+    assert b.peer_report == report  # every fact, as sent
+    await asyncio.sleep(0)
+    assert accepted == [GrantRequest(token=token)]  # the request went out
+    a.receive(0, b.datagram(0, T0 + 0.25), T0 + 0.25)
+    assert await call == GrantResult(accepted=True)
+    for k in range(3):  # the intent record follows once there is room
+        exchange(a, b, T0 + 0.3 + k * 0.1)
+    assert b.intent.record == ban and a.intent.acknowledged
+    assert b.peer_report == report
+
+
+def test_a_report_that_cannot_fit_is_not_sent_cut_short(pair: Pair) -> None:
+    """63-character cluster and node names (the most the configuration allows) and every field
+    of the report at its bound: even alone it exceeds a datagram. Nothing is sent (the service counts it and
+    logs why) rather than a phase whose missing facts the peer would read as "none"."""
+    n1, n2 = "a" * 63, "b" * 63
+    p = renamed(pair, n1, n2, cluster="c" * 63)
+    big = 2**64 - 1
+    epoch = model.Epoch(counter=big, node=n1)
+    episode = model.EpisodeId(peer=n2, peer_incarnation=big, peer_boot_id="x" * 36, counter=big)
+    report = NodeReport(
+        phase="MAINTENANCE", epoch=epoch, gateway_score=1_000_000, eligible=False, ineligible_reasons=("r" * 40,) * 4,
+        resources=model.ResourceSummary(drbd=model.DrbdReport(role="Secondary", disk="Inconsistent", peer_disk="Inconsistent",
+                                                              connection="StandAlone", data_uuid="3A1F0C2D9E8B7A65", split_brain=True),
+                                        mounted=True, ip=True),
+        grant=GrantToken(grant_id="g" * 32, kind="yield", grantee=n2, grantor_incarnation=big, epoch=epoch),
+        grant_reply=model.GrantReply(grant_id="g" * 32, accepted=False),
+        fencing=model.FencingReport(open_episode=episode, fenced=model.FencedIncarnation(node=n2, incarnation=big, episode=episode),
+                                    fence_in_progress=True))
+    a = make_session(p.cfg1, 100, report=lambda: report)
+    with pytest.raises(ValueError, match="does not fit"):
+        a.datagram(0, T0)
