@@ -52,7 +52,7 @@ from .identity import LocalIdentity
 from .intent import IntentStore
 from .keys import Keyring
 from .linkstats import LinkStats
-from .model import Announce, NodeReport
+from .model import Announce, IntentRef, NodeReport
 from .replay import Admit, ReplayGuard
 from .requests import RequestChannel
 from .wire import MIN_VERSION, PROTOCOL_VERSION, Drop, Envelope, Heartbeat, decode_body, encode_body, open_datagram, seal
@@ -105,6 +105,7 @@ class Session:
         self.report_at: float | None = None
         self.peer_fingerprint: str | None = None
         self._mismatch_reported = False
+        self._intent_unpersisted: IntentRef | None = None  # the peer's record we could not persist, said once
         self.peer_announce: Announce | None = None
         self.restart_deadline: float | None = None
         self.restarts = 0
@@ -205,12 +206,12 @@ class Session:
             self.drops[Drop.WRONG_NODE] += 1
             return
         previous = self.replay.incarnation
-        try:
-            admit = self.replay.admit(env)
-        except OSError as e:
-            log.error("cannot persist the peer's incarnation: %s; dropping the datagram", e)
-            self.drops[Drop.REPLAY] += 1
-            return
+        admit = self.replay.admit(env)
+        if admit is not None and admit is not Admit.SAME and self.replay.unpersisted is not None:
+            log.error("cannot persist %s's incarnation %d in %s: %s; taking its datagrams all the same (after a restart "
+                      "of this daemon, its recordings still fail the freshness proof)", self.ident.peer, env.incarnation,
+                      self.replay.path, self.replay.unpersisted,
+                      extra={"fields": {"CLEVER_REASON": "peer_incarnation_unpersisted", "CLEVER_PEER": self.ident.peer}})
         if admit is None:
             self.drops[Drop.REPLAY] += 1
             if env.incarnation < (self.replay.incarnation or self.replay.floor) and env.incarnation != self._old_incarnation:
@@ -327,8 +328,11 @@ class Session:
         try:
             adopted = self.intent.offer(hb.intent_ref, hb.intent)
         except OSError as e:
-            log.error("cannot persist the peer's admin intent (version %d): %s; not adopting it", hb.intent_ref.version, e)
+            if hb.intent_ref != self._intent_unpersisted:  # said once per record, not with every datagram offering it
+                self._intent_unpersisted = hb.intent_ref
+                log.error("cannot persist the peer's admin intent (version %d): %s; not adopting it", hb.intent_ref.version, e)
             return
+        self._intent_unpersisted = None
         if adopted:
             rec = self.intent.record
             self.emit("intent_adopted", now, f"admin intent version {rec.version} from {rec.origin} adopted: {rec.describe()}")

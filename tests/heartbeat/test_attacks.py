@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 
 import pytest
 
@@ -191,3 +192,46 @@ def test_a_report_that_cannot_fit_is_not_sent_cut_short(pair: Pair) -> None:
     a = make_session(p.cfg1, 100, report=lambda: report)
     with pytest.raises(ValueError, match="does not fit"):
         a.datagram(0, T0)
+
+
+# --------------------------------------------------------------------------- a state directory that cannot be written
+
+
+def test_a_full_state_directory_does_not_make_a_restarted_peer_lost(pair: Pair, monkeypatch: pytest.MonkeyPatch,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """node1's state directory is full (or read-only) when node2's daemon restarts. The new
+    incarnation could not be persisted as the replay floor, and every datagram of it was dropped:
+    node2, alive and heard on both links, became lost, and would be fenced. The floor on disk
+    only guards against recordings after node1's own restart, which freshness rejects anyway;
+    so the datagrams are taken, and the failure is said once (and once for an intent record
+    that cannot be adopted, not with every datagram that offers it)."""
+    from clever_cluster.daemon.heartbeat import intent as intent_mod
+    from clever_cluster.daemon.heartbeat import replay
+
+    a, _b, _box = connected(pair)
+
+    def full(path: object, obj: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    b2 = make_session(pair.cfg2, 201)
+    rec = b2.intent.change(lambda r: dataclasses.replace(r, maintenance=True), 1.7e9)
+    monkeypatch.setattr(replay, "atomic_write_json", full)  # from here on, for node2 as well
+    monkeypatch.setattr(intent_mod, "atomic_write_json", full)
+    t = T0
+    for _ in range(30):
+        t += 0.1
+        exchange(a, b2, t)
+        a.poll(t)
+    assert a.state is PeerState.ALIVE and a.view(t).incarnation == 201 and a.restarts == 1
+    assert "peer_lost" not in [e.kind for e in a.events] and not a.drops
+    said = [r.getMessage() for r in caplog.records if "cannot persist node2's" in r.getMessage() or "admin intent" in r.getMessage()]
+    assert len(said) == 2, said  # once for the incarnation, once for the intent record: not per datagram
+    assert all("No space left" in m for m in said)
+    assert a.intent.record != rec and not b2.intent.acknowledged  # not adopted: it could not be persisted
+    monkeypatch.undo()
+    exchange(a, b2, t + 0.05)
+    exchange(a, b2, t + 0.06)
+    assert a.intent.record == rec and b2.intent.acknowledged
+    b3 = make_session(pair.cfg2, 202)  # once the directory is writable again, the floor follows
+    exchange(a, b3, t + 0.1)
+    assert json.loads((pair.cfg1.cluster.state_dir / "peer-incarnation.json").read_text())["incarnation"] == 202
