@@ -55,9 +55,13 @@ class ReplayGuard:
             return 0
         except (OSError, ValueError) as e:
             raise ValueError(f"{path} is unreadable ({e}); remove it to accept any incarnation of {peer} again") from None
-        inc = raw.get("incarnation") if isinstance(raw, dict) else None
-        if raw.get("peer") != peer or not isinstance(inc, int) or isinstance(inc, bool):
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path} is unreadable (not a JSON object); remove it to accept any incarnation of {peer} again")
+        if raw.get("peer") != peer:
             return 0  # a file about another peer (renamed nodes) protects nothing here
+        inc = raw.get("incarnation")
+        if not isinstance(inc, int) or isinstance(inc, bool) or inc < 0:
+            raise ValueError(f"{path} is unreadable (incarnation is {inc!r}); remove it to accept any incarnation of {peer} again")
         return inc
 
     def admit(self, env: Envelope) -> Admit | None:

@@ -235,3 +235,28 @@ def test_a_full_state_directory_does_not_make_a_restarted_peer_lost(pair: Pair, 
     b3 = make_session(pair.cfg2, 202)  # once the directory is writable again, the floor follows
     exchange(a, b3, t + 0.1)
     assert json.loads((pair.cfg1.cluster.state_dir / "peer-incarnation.json").read_text())["incarnation"] == 202
+
+
+# --------------------------------------------------------------------------- corrupted state files
+
+
+@pytest.mark.parametrize(("name", "content", "problem"), [
+    ("peer-incarnation.json", "[]", "unreadable"),
+    ("peer-incarnation.json", "null", "unreadable"),
+    ("peer-incarnation.json", "5", "unreadable"),
+    ("incarnation.json", '{"incarnation": 18446744073709551615}', "64 bits"),
+    ("incarnation.json", '{"incarnation": 100000000000000000000000}', "64 bits"),
+])
+def test_a_corrupted_state_file_stops_the_start_with_a_clear_error(pair: Pair, name: str, content: str, problem: str) -> None:
+    """A state file that is valid JSON but not what was written: a peer floor that is not an
+    object used to end the start in a traceback; an incarnation at the top of the 64-bit range
+    started a daemon that could never send a datagram (its next incarnation does not fit the
+    envelope), so its peer would lose it for good."""
+    from clever_cluster.daemon.heartbeat import HeartbeatError, HeartbeatService
+
+    state = pair.cfg1.cluster.state_dir
+    state.mkdir(parents=True, exist_ok=True)
+    (state / name).write_text(content)
+    with pytest.raises(HeartbeatError, match=problem):
+        HeartbeatService.open(pair.cfg1, lambda: NodeReport(phase="SECONDARY"))
+    assert (state / name).read_text() == content  # nothing lost
