@@ -13,6 +13,11 @@ the retry and the acknowledgement; no separate timers.
 Invariants:
 - A handler runs at most once per (peer incarnation, request id): repeats
   of a request get the stored answer.
+- At most :data:`MAX_OUTSTANDING` handler runs at once (as many as the peer
+  may have outstanding): a request beyond that, which only comes when
+  earlier runs hang, is answered with an error at once. The table of
+  requests stays bounded: answered ones are forgotten oldest first, past
+  a running one too.
 - Requests are only taken from datagrams that prove freshness (the session
   passes nothing else), so a replay cannot re-run an old request.
 - ``call`` raises one of the :class:`RequestError` subclasses, never hangs
@@ -183,6 +188,11 @@ class RequestChannel:
             if served is None:
                 entry.status, entry.error = "unknown_kind", f"no handler for {m.kind}"
                 continue
+            if len(self._tasks) >= MAX_OUTSTANDING:
+                # The peer never has more outstanding: earlier runs hang (and the peer gave up on
+                # them). Say so at once rather than start one more run with every new request.
+                entry.status, entry.error = "error", f"{len(self._tasks)} earlier peer requests are still running here"
+                continue
             task = asyncio.get_running_loop().create_task(self._serve(entry, m.payload, *served), name=f"peer request {m.kind}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -193,12 +203,13 @@ class RequestChannel:
             self._kick()
 
     def _forget_old(self) -> None:
-        while len(self._in) > REMEMBER:
-            rid, old = next(iter(self._in.items()))
-            if old.status == "accepted":
-                break  # still running: keep it
-            del self._in[rid]
-            self._in_floor = max(self._in_floor, rid)
+        """The oldest answered requests beyond REMEMBER; running ones stay (their answer is to come)."""
+        for rid, old in list(self._in.items()):
+            if len(self._in) <= REMEMBER:
+                break
+            if old.status != "accepted":
+                del self._in[rid]
+                self._in_floor = max(self._in_floor, rid)
 
     async def _serve(self, entry: _Incoming, payload: bytes, payload_type: type[Any], handler: Handler) -> None:
         try:

@@ -14,7 +14,18 @@ import json
 import pytest
 
 from clever_cluster.daemon import config as config_mod
-from clever_cluster.daemon.heartbeat import HANDOVER_GRANT, Epoch, GrantRequest, GrantResult, GrantToken, RequestFailed, model
+from clever_cluster.daemon.heartbeat import (
+    HANDOVER_GRANT,
+    OUTDATE_DISK,
+    Epoch,
+    GrantRequest,
+    GrantResult,
+    GrantToken,
+    OutdateRequest,
+    OutdateResult,
+    RequestFailed,
+    model,
+)
 from clever_cluster.daemon.heartbeat.facts import PeerState
 from clever_cluster.daemon.heartbeat.model import Announce, NodeReport
 from clever_cluster.daemon.heartbeat.session import Session
@@ -260,3 +271,40 @@ def test_a_corrupted_state_file_stops_the_start_with_a_clear_error(pair: Pair, n
     with pytest.raises(HeartbeatError, match=problem):
         HeartbeatService.open(pair.cfg1, lambda: NodeReport(phase="SECONDARY"))
     assert (state / name).read_text() == content  # nothing lost
+
+
+async def test_a_hung_handler_neither_piles_up_runs_nor_grows_memory() -> None:
+    """This node's outdate handler hangs (drbdadm stuck on a device); the peer's fence-peer path
+    times out and asks again, and again. Each new request started one more concurrent run of the
+    handler, and an unfinished request at the head of the table stopped any answered one from
+    being forgotten: runs and memory grew with every request for as long as the hang lasted."""
+    from clever_cluster.daemon.heartbeat.requests import MAX_OUTSTANDING, REMEMBER, RequestChannel, _pack
+    from clever_cluster.daemon.heartbeat.wire import RequestMsg
+
+    ch = RequestChannel(kick=lambda: None)
+    started: list[OutdateRequest] = []
+    hang = asyncio.Event()
+
+    async def outdate(req: OutdateRequest) -> OutdateResult:
+        started.append(req)
+        await hang.wait()
+        return OutdateResult(outdated=True)
+
+    ch.register(OUTDATE_DISK, outdate)
+    payload = _pack(OutdateRequest(resource="r0"))
+    try:
+        for rid in range(1, 501):
+            ch.on_requests((RequestMsg(rid=rid, kind=OUTDATE_DISK.name, payload=payload),), float(rid))
+            await asyncio.sleep(0)
+        assert len(started) == MAX_OUTSTANDING
+        assert len(ch._in) <= REMEMBER + MAX_OUTSTANDING
+        last = ch.answers(500.0)[-1]
+        assert last.rid == 500 and last.status == "error" and "still running" in last.error  # told at once, not left hanging
+        hang.set()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        ch.on_requests((RequestMsg(rid=501, kind=OUTDATE_DISK.name, payload=payload),), 501.0)
+        await asyncio.sleep(0)
+        assert len(started) == MAX_OUTSTANDING + 1  # served again once the runs ended
+    finally:
+        await ch.close()
