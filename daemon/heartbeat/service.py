@@ -306,11 +306,17 @@ def next_grid(now: float, period: float) -> float:
 async def sleep_until(when: float) -> None:
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[None] = loop.create_future()
-    handle = loop.call_at(when, fut.set_result, None)
+    handle = loop.call_at(when, _wake, fut)
     try:
         await fut
     finally:
         handle.cancel()
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    # The sleeper may have been cancelled in the very iteration its timer fired (a stop under load).
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _set_dscp(transport: asyncio.DatagramTransport, version: int) -> None:

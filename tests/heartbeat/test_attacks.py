@@ -308,3 +308,31 @@ async def test_a_hung_handler_neither_piles_up_runs_nor_grows_memory() -> None:
         assert len(started) == MAX_OUTSTANDING + 1  # served again once the runs ended
     finally:
         await ch.close()
+
+
+# --------------------------------------------------------------------------- a stalled loop at the stop
+
+
+async def test_a_sender_stopped_in_the_iteration_its_timer_fired_logs_no_traceback() -> None:
+    """Under load (a burst of garbage on both links did it), the stop cancelled a sender whose
+    wake-up timer had already fired in the same loop iteration; the timer then set the result of
+    the cancelled future: 'Exception in callback ... InvalidStateError' in the journal."""
+    import time
+
+    from clever_cluster.daemon.heartbeat.service import sleep_until
+
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+    try:
+        when = loop.time() + 0.05
+        task = asyncio.create_task(sleep_until(when))
+        await asyncio.sleep(0)  # the sender waits for its timer
+        loop.call_at(when - 0.01, task.cancel)  # the stop, due just before it
+        time.sleep(0.1)  # the loop is held: both are due in the same iteration, the stop first
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0)
+        assert errors == []
+    finally:
+        loop.set_exception_handler(None)
