@@ -338,9 +338,10 @@ async def test_a_link_held_back_never_rolls_the_peer_report_back(tmp_path: Path)
 
 
 async def test_requests_outstanding_both_ways_do_not_start_a_datagram_storm(nodes: Nodes) -> None:
-    """Each node has a request running at the other. A datagram carrying a request used to make its receiver send on every link at once,
-    whose datagrams carried its own request: with two links, a ping-pong that doubled every round
-    trip and kept both loops busy until the handlers returned."""
+    """Each node has a request running at the other. A datagram carrying a request used to make
+    its receiver send on every link at once, and those datagrams carried its own request: with
+    two links, a ping-pong that doubled every round trip and kept both loops busy until the
+    handlers returned."""
     s1 = await nodes.start(1)
     s2 = await nodes.start(2)
 
