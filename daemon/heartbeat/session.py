@@ -24,8 +24,10 @@ Invariants:
   answers), never another fact of the report; one that cannot fit even
   then is not built (ValueError) rather than sent cut short.
 - Peer lost = no fresh datagram on any link for ``heartbeat.timeout``,
-  counted from the later of the last fresh datagram and the end of the last
-  loop stall (DESIGN section 3: after a stall the world is observed afresh).
+  counted from the later of the instant the last fresh datagram proves the
+  peer alive (our echoed send time plus the peer's holding time: a datagram
+  held back on the way proves nothing later) and the end of the last loop
+  stall (DESIGN section 3: after a stall the world is observed afresh).
 - A peer that announced ``leaving`` is "left", not "lost"; one that
   announced ``restarting`` is "restarting" until its expected time passed.
 - The peer's facts never go back in time: a body is taken as facts only if
@@ -238,16 +240,21 @@ class Session:
             # In order, but not (yet) proof that the peer heard this daemon: possibly a recording.
             self.unconfirmed += 1
             return
+        proven = now  # the peer was alive at this instant (our clock) or later
         if hb is not None and hb.fresh_us is not None:
             age = now - hb.fresh_us / 1e6 - hb.fresh_hold_us / 1e6
             if not -CLOCK_SLACK <= age <= self.cfg.heartbeat.timeout:
                 self.drops[Drop.REPLAY] += 1  # held back on the way (or replayed) for longer than a timeout
                 return
+            # It left the peer no earlier than our echoed send time plus the peer's holding time.
+            # Silence counts from there, not from the arrival: a last datagram held back on the
+            # way (for less than a timeout) must not keep a dead peer alive for longer.
+            proven = now - max(0.0, age)
         self.links[link].record(now, env.stream, env.sequence)
         self.links[link].key_name = opened.key.name
         if self.last_valid is not None and self.state in HEARD:
             self.longest_silence = max(self.longest_silence, now - self.last_valid)
-        self.last_valid = now
+        self.last_valid = proven if self.last_valid is None else max(self.last_valid, proven)
         self._link_up(link, now)
         if not readable:
             self.drops[Drop.UNKNOWN_VERSION if env.version > self.max_version else Drop.TOO_OLD_VERSION] += 1
@@ -256,7 +263,7 @@ class Session:
             self.drops[Drop.MALFORMED] += 1
             self._incompatible(now, f"its protocol {env.version} body does not decode here ({problem})")
         else:
-            self._readable(link, env, hb, now)
+            self._readable(link, env, hb, now, proven)
 
     def _note_peer_sent(self, link: int, sent_us: int, now: float) -> None:
         self.links[link].note_peer_sent(sent_us, now)
@@ -277,7 +284,7 @@ class Session:
         self.requests.peer_restarted()
         self.emit("peer_restarted", now, f"{self.ident.peer} restarted: incarnation {old} -> {new}")
 
-    def _readable(self, link: int, env: Envelope, hb: Heartbeat, now: float) -> None:
+    def _readable(self, link: int, env: Envelope, hb: Heartbeat, now: float, proven: float) -> None:
         ls = self.links[link]
         ls.rtt_sample(now, hb.echo_us, hb.hold_us)
         if env.version >= 2:
@@ -299,7 +306,7 @@ class Session:
             if i < len(hb.rx_loss) and hb.rx_loss[i] is not None:
                 other.peer_rx_loss = (hb.rx_loss[i] or 0) / 1000
         self.peer_report = hb.report
-        self.report_at = now
+        self.report_at = proven  # so report_age bounds the report's age from above
         if hb.announce != self.peer_announce:
             self.peer_announce = hb.announce
             self.restart_deadline = now + hb.announce.expected if hb.announce is not None and hb.announce.kind == "restarting" else None

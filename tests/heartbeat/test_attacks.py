@@ -336,3 +336,30 @@ async def test_a_sender_stopped_in_the_iteration_its_timer_fired_logs_no_traceba
         assert errors == []
     finally:
         loop.set_exception_handler(None)
+
+
+# --------------------------------------------------------------------------- a dead peer kept alive by a held-back datagram
+
+
+def test_a_last_datagram_held_back_does_not_postpone_the_loss(pair: Pair) -> None:
+    """node2 dies right after sending at T0+0.5; its datagram on link 0 is lost, the one on link 1
+    held back by an attacker and released 0.8 s later, still under the timeout. It proves node2
+    was alive when it sent it, not when it arrived: counted from its arrival, the loss came a
+    whole timeout later than silence allows (up to twice the timeout after the death, each time
+    the attacker holds back the last datagram)."""
+    a, b, _box = connected(pair)
+    t = T0
+    for _ in range(4):
+        t += 0.1
+        exchange(a, b, t)
+    b.datagram(0, T0 + 0.5)  # lost
+    held = b.datagram(1, T0 + 0.5)  # node2's last datagram: it dies now
+    a.poll(T0 + 1.3)
+    assert a.state is PeerState.ALIVE  # heard at T0+0.4 on link 0: lost only at T0+1.4
+    a.receive(1, held, T0 + 1.3)
+    assert a.drops == {} and a.state is PeerState.ALIVE  # fresh: sent 0.8 s ago
+    a.poll(T0 + 1.5)
+    assert a.state is PeerState.LOST
+    lost = next(e for e in a.events if e.kind == "peer_lost")
+    assert lost.mono == T0 + 1.5 and a.view(T0 + 1.5).last_heard == pytest.approx(T0 + 0.5)
+    assert a.view(T0 + 1.5).report_age == pytest.approx(1.0)  # an upper bound on the report's age, not its time here
