@@ -50,7 +50,7 @@ from .. import logsetup
 from ..config import Config, safety_fingerprint
 from .codec import CodecError
 from .facts import HEARD, Event, LinkView, PeerState, PeerView
-from .identity import LocalIdentity
+from .identity import INCARNATION_FILE, LocalIdentity
 from .intent import IntentStore
 from .keys import Keyring
 from .linkstats import LinkStats
@@ -112,6 +112,7 @@ class Session:
         self.restart_deadline: float | None = None
         self.restarts = 0
         self._old_incarnation: int | None = None
+        self._behind_reported = False  # the peer heard a higher incarnation of this node (said once)
         self._fresh: tuple[int, float] | None = None  # the peer's latest send time (any link), when received
         self._facts_us: int | None = None  # the peer's send time of the newest body taken as facts
         self.overtaken = 0  # fresh datagrams older than the facts held: proof of life only
@@ -236,6 +237,14 @@ class Session:
                 problem = str(e)
         if hb is not None:
             self._note_peer_sent(link, hb.sent_us, now)  # to echo: harmless even from a stale datagram
+        if env.heard > self.ident.incarnation and not self._behind_reported:
+            self._behind_reported = True  # the peer keeps echoing it: said once
+            path = self.cfg.cluster.state_dir / INCARNATION_FILE
+            log.error("%s last heard incarnation %d of this node, above this run's %d: this node's incarnation went "
+                      "backwards (%s was lost and the clock is behind), so %s drops this node's datagrams as replays. "
+                      "Stop this daemon, write {\"incarnation\": %d} into %s, and start it again",
+                      self.ident.peer, env.heard, self.ident.incarnation, path, self.ident.peer, env.heard, path,
+                      extra={"fields": {"CLEVER_REASON": "own_incarnation_backwards", "CLEVER_PEER": self.ident.peer}})
         if env.heard != self.ident.incarnation or (hb is not None and hb.fresh_us is None):
             # In order, but not (yet) proof that the peer heard this daemon: possibly a recording.
             self.unconfirmed += 1

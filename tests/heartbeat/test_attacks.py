@@ -363,3 +363,23 @@ def test_a_last_datagram_held_back_does_not_postpone_the_loss(pair: Pair) -> Non
     lost = next(e for e in a.events if e.kind == "peer_lost")
     assert lost.mono == T0 + 1.5 and a.view(T0 + 1.5).last_heard == pytest.approx(T0 + 0.5)
     assert a.view(T0 + 1.5).report_age == pytest.approx(1.0)  # an upper bound on the report's age, not its time here
+
+
+def test_this_nodes_incarnation_gone_backwards_is_explained_here_too(pair: Pair, caplog: pytest.LogCaptureFixture) -> None:
+    """node1 lost its state directory and its clock is behind: it restarts with an incarnation
+    below the one node2 knows. node2 drops its datagrams as replays (and says so); node1 only
+    saw node2's datagrams as 'unconfirmed', forever, with nothing in its own log, while node2
+    lost it (and could fence it at every boot). node1 now says what happened and what to do."""
+    a = make_session(pair.cfg1, 500)
+    b = make_session(pair.cfg2, 200)
+    exchange(a, b, T0)
+    exchange(a, b, T0)
+    assert a.state is b.state is PeerState.ALIVE
+    a2 = make_session(pair.cfg1, 400)  # node1 again, its incarnation below what node2 heard
+    t = T0
+    for _ in range(5):
+        t += 0.1
+        exchange(a2, b, t)
+    assert a2.state is PeerState.UNSEEN and b.drops["replay"] == 10
+    said = [r.getMessage() for r in caplog.records if "this node's incarnation" in r.getMessage()]
+    assert len(said) == 1 and "400" in said[0] and "500" in said[0] and "incarnation.json" in said[0]
