@@ -12,7 +12,9 @@ Invariants:
   yields while it has acknowledged one; of two crossing yields the one from
   the lower node name is withdrawn (it was not acknowledged).
 - The fence-peer handler is answered 4 only on the peer's reported Outdated
-  (or worse) disk, 7 only with a fence record of the current episode.
+  (or worse) disk, 7 only with a fence record of the current episode: on a
+  Primary, or on a node whose promotion runs under that episode's gate
+  (DRBD runs fence-peer before a disconnected promotion).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from . import view
 from .actions import AnswerFencePeer, Demote, OutdateLocalDisk, Promote, ReconnectDrbd, ResumeIo, StartVm, StopVm, VmPlan
 from .context import Ctx, Outcome
 from .handler import EXIT_BROKEN, EXIT_PEER_FENCED, EXIT_PEER_OUTDATED
-from .model import Conn, DemoteMode, Disk, Grant, GrantKind, Phase, Role, StopCause, Suspended, TargetRole, VmState
+from .model import Conn, DemoteMode, Disk, Grant, GrantKind, Phase, Role, SequenceKind, StopCause, Suspended, TargetRole, VmState
 from .reasons import Code
 from .view import PeerStatus
 
@@ -33,7 +35,9 @@ def drbd_fencing(c: Ctx, may_fence_answer: bool = True) -> Outcome | None:
     f = c.f
     if f.drbd.role is not Role.PRIMARY:
         if f.drbd.fence_peer_pending:
-            c.act(AnswerFencePeer(EXIT_BROKEN))
+            # a disconnected `drbdadm primary` runs fence-peer first and fails unless it hears 4 or 7:
+            # a node PROMOTING under a valid episode gate answers with the record that opened the gate
+            c.act(AnswerFencePeer(EXIT_PEER_FENCED if may_fence_answer and _promoting_after_fence(c) else EXIT_BROKEN))
         return None
     phase = Phase.MAINTENANCE if f.intent.maintenance else Phase.PRIMARY
     # the peer's own word counts only from a report sent after we asked (a report from before could
@@ -64,6 +68,14 @@ def drbd_fencing(c: Ctx, may_fence_answer: bool = True) -> Outcome | None:
             # the handler gave up (exit 1, e.g. this daemon was down): get the evidence ourselves
             return _ask_outdate(c, phase, f"DRBD I/O frozen (handler gone); {c.s.peer} heard")
     return None
+
+
+def _promoting_after_fence(c: Ctx) -> bool:
+    """A promote sequence runs under the gate of the current episode, which holds a fence record and
+    the peer is not heard (the ``episode:`` gate of ``gate_valid``)."""
+    seq, ep = c.f.sequence, c.d.episode
+    return (seq is not None and seq.kind is SequenceKind.PROMOTE and ep is not None and seq.gate == f"episode:{ep.counter}"
+            and c.status is not PeerStatus.HEARD and view.record_for(c.f, ep) is not None)
 
 
 def _ask_outdate(c: Ctx, phase: Phase, why: str) -> Outcome:

@@ -470,7 +470,7 @@ class World(ExecutorModel):
                 n.last_result, None if at is None else (at.episode, at.started_at, at.level, at.device, at.op_end, at.level_ok, at.running, at.finished_at, at.detail),
                 n.failures, n.failures_episode,
                 dn.role, dn.disk, dn.conn, dn.peer_disk, dn.peer_role, self.tree.uuid(head), tuple(sorted(self.tree.writes[head].images.items())),
-                missing, dn.suspended, dn.handler, dn.split_brain, dn.up, dn.path_lost_at, dn.config_safe, dn.connected_at,
+                missing, dn.suspended, dn.handler, dn.promoting, dn.split_brain, dn.up, dn.path_lost_at, dn.config_safe, dn.connected_at,
             ))
         parts.append(self.drbd.n[self.names[0]].head == self.drbd.n[self.names[1]].head)
         parts.append(tuple(sorted(self.oracle.consumed)))
