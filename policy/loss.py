@@ -113,7 +113,9 @@ def peer_gone(c: Ctx) -> Outcome:
         not_before = lost_at    # re-read at each decision: the device reports the peer's machine OFF now
     if f.now < not_before:
         c.wait_until(not_before)
-        return Phase.FENCING, Code.PEER_LOST_WAITING_DELAY, f"{s.peer} lost at {lost_at:.2f} and was active: waiting until {not_before:.2f} (priority_delay {s.priority_delay:g}s + jitter) before fencing"
+        why = (f"was active: priority_delay {s.priority_delay:g}s + jitter" if view.peer_was_active(c.d, c.rep)
+               else "nobody was active: the election order decides the delay")
+        return Phase.FENCING, Code.PEER_LOST_WAITING_DELAY, f"{s.peer} lost at {lost_at:.2f} and {why}; waiting until {not_before:.2f} before fencing"
     if not c.m.drop_s7:
         fresh = f.gateway.fresh
         req = c.v.probe_requested_at

@@ -105,8 +105,8 @@ def check_decision(prev: PolicyState, f: Facts, s: Settings, d: Decision, *, hea
                     out.append(f"S7: fence without a fresh reachable gateway probe taken since the loss at {loss_start:.2f} (probe {fr})")
                 if f.drbd.disk is not Disk.UP_TO_DATE or f.drbd.config_safe is not True or f.drbd.split_brain or (banned and not holds):
                     out.append(f"S8: fence although this node could not take over (disk {f.drbd.disk}, config safe {f.drbd.config_safe}, banned {banned})")
-                g = prev.durable.grant_out
-                peer_active = rep is not None and (rep.holds or rep.phase in ACTIVE or (g is not None and rep.ack == g.grant_id))
+                # the grantee of an outstanding grant counts as active from its acknowledgement, heard or not
+                peer_active = rep is not None and (rep.holds or rep.phase in ACTIVE or prev.durable.grant_out is not None)
                 me_active = holds or (ann is not None and ann.ack is not None)
                 first = f.fencing.attempt is None or f.fencing.attempt.episode != a.episode   # the delay comes before the first attempt only
                 if first and peer_active and not me_active and not f.fencing.peer_reported_off and age is not None \
