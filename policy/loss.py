@@ -140,7 +140,9 @@ def peer_gone(c: Ctx) -> Outcome:
     c.act(FencePeer(ep, f.now - lost_at, operator=c.v.operator_fence))
     c.alert("fencing", f"fencing {s.peer}")
     who = "operator request" if c.v.operator_fence else ("this node is active" if _self_active(c) else f"waited {f.now - lost_at:.2f}s")
-    return Phase.FENCING, Code.PEER_LOST_FENCING, f"fencing {s.peer}: no heartbeat on any link since {lost_at - s.heartbeat_timeout:.2f}; gateway reachable; {who}"
+    age = view.min_link_age(f)
+    since = f"since {f.now - age:.2f}" if age is not None else "this daemon run"
+    return Phase.FENCING, Code.PEER_LOST_FENCING, f"fencing {s.peer}: no heartbeat on any link {since}; gateway reachable; {who}"
 
 
 def _phase_when_waiting(c: Ctx) -> Phase:

@@ -111,7 +111,7 @@ P = Phase
 TABLE: dict[Code, Row] = {
     Code.STARTING_WAITING_FOR_PEER: Row((P.STARTING,), "This boot has not heard the peer yet; no fence and no promotion (S4). An operator may `confirm-fenced` the peer."),
     Code.MAINTENANCE_OBSERVING: Row((P.MAINTENANCE,), "Maintenance: observe and alert only; no resource action, no fence (S6)."),
-    Code.STALL_REOBSERVING: Row((P.SECONDARY, P.PRIMARY, P.FENCING), "The loop stalled; the world is observed afresh for one heartbeat timeout before any fence or promotion."),
+    Code.STALL_REOBSERVING: Row((P.SECONDARY, P.PRIMARY, P.FENCING), "The loop stalled, the daemon started, or maintenance or BLOCKED ended; the world is observed afresh for one heartbeat timeout before any fence or promotion, and a loss counts its delays from then."),
     Code.BLOCKED_SPLIT_BRAIN: Row((P.BLOCKED,), "DRBD reports split brain; nothing is promoted until an operator resolves it and unblocks."),
     Code.BLOCKED_UNSAFE_DRBD_CONFIG: Row((P.BLOCKED,), "DRBD's configuration is unsafe (S9); automatic takeover is blocked."),
     Code.BLOCKED_MISFENCE: Row((P.BLOCKED,), "A heartbeat came from a boot of the peer that a fence record said was off: the fence hit the wrong machine (S5)."),

@@ -124,10 +124,18 @@ def _bookkeeping(c: Ctx) -> None:
 # ---------------------------------------------------------------- rules
 
 
+def _hold_loss_clock(c: Ctx) -> None:
+    """This node may not fence now (maintenance, BLOCKED): a loss does not start counting its delays
+    until the node may act again, then it is observed afresh for one timeout, as after a stall;
+    otherwise both nodes would leave with their delays already spent and fence at the same instant."""
+    c.vol(observe_until=c.f.now + c.s.heartbeat_timeout, lost_at=None, fence_not_before=None, probe_requested_at=None)
+
+
 def _maintenance(c: Ctx) -> Outcome | None:
     """S6: observe only. The fence-peer handler may still outdate a reachable peer."""
     if not c.f.intent.maintenance:
         return None
+    _hold_loss_clock(c)
     out = honour_outdate_request(c) or drbd_fencing(c, may_fence_answer=False)
     if c.f.drbd.fence_peer_pending and c.status is not PeerStatus.HEARD:
         c.act(AnswerFencePeer(EXIT_BROKEN))
@@ -211,6 +219,7 @@ def _blocked(c: Ctx) -> Outcome | None:
             return None
         c.upd(block=block)
         c.alert("blocked", block.detail)
+    _hold_loss_clock(c)
     if f.intent.unblock_seq > c.d.unblock_seen:
         c.upd(unblock_seen=f.intent.unblock_seq)
         if _cause_gone(c, block.cause):

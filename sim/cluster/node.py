@@ -95,6 +95,7 @@ class Node:
         self.fresh: FreshProbe | None = None
         self.probe_due: float | None = None
         self.stalled = False
+        self.free_since: float | None = None   # for the oracle: the first decision after MAINTENANCE or BLOCKED
         self.seq: SeqRun | None = None
         self.last_result: SequenceResult | None = None
         self.attempt: Attempt | None = None

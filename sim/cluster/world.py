@@ -465,7 +465,7 @@ class World(ExecutorModel):
                 tuple(n.records), tuple(sorted(n.fail_counts.items())), tuple((k, v.state, v.cause) for k, v in n.vms.items()),
                 n.mounted, n.ip, n.proto, n.keys, n.shutting_down, n.reboot_after_stop, n.announce_restart_until, n.heard_boot,
                 tuple(sorted(n.last_heard.items())), n.report, n.incompatible_at, n.unauth_at, n.gw_score, n.gw_candidate,
-                n.gw_candidate_since, n.gw_next_probe, n.fresh, n.probe_due, n.stalled,
+                n.gw_candidate_since, n.gw_next_probe, n.fresh, n.probe_due, n.stalled, n.free_since,
                 None if sq is None else (sq.kind, sq.gate, sq.index, sq.next_at, sq.started_at, sq.origin),
                 n.last_result, None if at is None else (at.episode, at.started_at, at.level, at.device, at.op_end, at.level_ok, at.running, at.finished_at, at.detail),
                 n.failures, n.failures_episode,
@@ -482,8 +482,10 @@ class World(ExecutorModel):
         prev = n.state
         s = self.settings[n.name]
         d: Decision = step(prev, facts, s, mutations=self.mutations)
-        for v in oracle_mod.check_decision(prev, facts, s, d, heard_this_boot=n.heard_boot == n.boot_id):
+        for v in oracle_mod.check_decision(prev, facts, s, d, heard_this_boot=n.heard_boot == n.boot_id, free_since=n.free_since):
             self.oracle.fail(self.t, "rule", f"{n.name}: {v} [{d.reason}]")
+        if d.phase in (Phase.MAINTENANCE, Phase.BLOCKED):
+            n.free_since = self.t + self.tick      # kept from fencing at least until the next decision
         if d.state.durable != n.durable:
             n.durable = d.state.durable       # persisted before acting
         n.state = d.state

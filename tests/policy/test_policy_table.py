@@ -110,6 +110,12 @@ CASES: list[tuple[str, Any, Any, Code, Callable[[Decision], bool]]] = [
     ("stall", lost_active, lost(stalled=True), Code.STALL_REOBSERVING, lacks(FencePeer, Promote)),
     ("fresh daemon re-observes", state(fresh_daemon=True, episode=EP, episode_boot=BOOT), lost(), Code.STALL_REOBSERVING, lacks(FencePeer)),
     # blocks
+    ("maintenance holds the loss clock: no head start in a fence race afterwards", lost_standby,
+     lost(**standby_lost_facts, intent=Intent(maintenance=True)), Code.MAINTENANCE_OBSERVING,
+     lambda d: d.state.lost_at is None and d.state.fence_not_before is None and d.state.observe_until > NOW),
+    ("unblocked after a loss: the delays count afresh", with_vol(state(phase=Phase.BLOCKED, block=Block(BlockCause.SPLIT_BRAIN, "x"), episode=EP, episode_boot=BOOT), lost_at=LOST_AT - 30),
+     lost(**standby_lost_facts, intent=Intent(unblock_seq=1)), Code.UNBLOCKED,
+     lambda d: d.state.lost_at is None and d.state.observe_until > NOW),
     ("split brain", state(), facts(drbd={"split_brain": True, "connection": Conn.STANDALONE}), Code.BLOCKED_SPLIT_BRAIN,
      all_of(lambda d: d.state.durable.block is not None, NO_RESOURCE_ACTION)),
     ("unsafe config (S9)", secondary, facts(active=False, drbd={"config_safe": False, "config_problem": "protocol A"}),
