@@ -114,7 +114,7 @@ TABLE: dict[Code, Row] = {
     Code.STALL_REOBSERVING: Row((P.SECONDARY, P.PRIMARY, P.FENCING), "The loop stalled, the daemon started, or maintenance or BLOCKED ended; the world is observed afresh for one heartbeat timeout before any fence or promotion, and a loss counts its delays from then."),
     Code.BLOCKED_SPLIT_BRAIN: Row((P.BLOCKED,), "DRBD reports split brain; nothing is promoted until an operator resolves it and unblocks."),
     Code.BLOCKED_UNSAFE_DRBD_CONFIG: Row((P.BLOCKED,), "DRBD's configuration is unsafe (S9); automatic takeover is blocked."),
-    Code.BLOCKED_MISFENCE: Row((P.BLOCKED,), "A heartbeat came from a boot of the peer that a fence record said was off: the fence hit the wrong machine (S5)."),
+    Code.BLOCKED_MISFENCE: Row((P.BLOCKED,), "A heartbeat came from a boot of the peer that a fence record said was off: the fence hit the wrong machine (S5). Unblock is accepted once that boot is no longer heard (reboot the peer)."),
     Code.UNBLOCKED: Row((P.SECONDARY, P.PRIMARY), "An operator's unblock was accepted: the cause of the block is gone."),
     Code.UNBLOCK_REFUSED: Row((P.BLOCKED,), "An operator's unblock was refused: the cause of the block is still there."),
     Code.OWN_INCARNATION_FENCED: Row((P.DEMOTING, P.SECONDARY), "The peer holds a confirmed fence record for this very boot: stop all resources at once (S5)."),

@@ -20,7 +20,7 @@ from typing import assert_never
 from . import view
 from .actions import Action, Announcement, AnswerFencePeer, Demote, Publish, SelfFence
 from .context import Ctx, Outcome
-from .facts import Facts
+from .facts import Facts, FenceRecord
 from .handler import EXIT_BROKEN
 from .loss import peer_gone
 from .model import BlockCause, Conn, DemoteMode, Disk, Evidence, GrantKind, LossEpisode, Phase, Role, Suspended
@@ -176,18 +176,24 @@ def _both_active(c: Ctx) -> Outcome | None:
     return Phase.DEMOTING, Code.BOTH_ACTIVE_STOPPING, f"both nodes hold resources; epoch {mine} <= {c.s.peer}'s {theirs}: stopping at once"
 
 
+def _misfenced_record(c: Ctx) -> FenceRecord | None:
+    """A record that confirmed off the very boot of the peer that is heard now."""
+    rep = c.rep
+    if c.status is not PeerStatus.HEARD or rep is None:
+        return None
+    return next((r for r in c.f.fencing.records
+                 if r.episode.peer_boot_id == rep.boot_id and rep.received_at > r.confirmed_at + c.s.heartbeat_interval), None)
+
+
 def _misfence(c: Ctx) -> Outcome | None:
     """S5: a heartbeat from a boot that a record confirmed off proves a mis-fence."""
-    rep, f = c.rep, c.f
-    if c.status is not PeerStatus.HEARD or rep is None or c.d.block is not None:
+    r = _misfenced_record(c)
+    if r is None or c.rep is None or c.d.block is not None:
         return None
-    for r in f.fencing.records:
-        if r.episode.peer_boot_id == rep.boot_id and rep.received_at > r.confirmed_at + c.s.heartbeat_interval:
-            detail = f"{c.s.peer} boot {rep.boot_id} heard after {r.evidence} confirmed it off at {r.confirmed_at:.2f} ({r.episode})"
-            c.upd(block=Block(BlockCause.MISFENCE, detail))
-            c.alert("misfence", detail)
-            return Phase.BLOCKED, Code.BLOCKED_MISFENCE, detail
-    return None
+    detail = f"{c.s.peer} boot {c.rep.boot_id} heard after {r.evidence} confirmed it off at {r.confirmed_at:.2f} ({r.episode})"
+    c.upd(block=Block(BlockCause.MISFENCE, detail))
+    c.alert("misfence", detail)
+    return Phase.BLOCKED, Code.BLOCKED_MISFENCE, detail
 
 
 _BLOCK_CODE = {BlockCause.SPLIT_BRAIN: Code.BLOCKED_SPLIT_BRAIN, BlockCause.UNSAFE_DRBD_CONFIG: Code.BLOCKED_UNSAFE_DRBD_CONFIG,
@@ -201,7 +207,9 @@ def _cause_gone(c: Ctx, cause: BlockCause) -> bool:
         case BlockCause.UNSAFE_DRBD_CONFIG:
             return c.f.drbd.config_safe is True
         case BlockCause.MISFENCE:
-            return True   # the operator's unblock is the acknowledgement
+            # the operator's unblock acknowledges it once the boot wrongly confirmed off is no longer heard
+            # (rebooted); before that, lifting the block would only raise it again at the next decision
+            return _misfenced_record(c) is None
         case _:
             assert_never(cause)
 
