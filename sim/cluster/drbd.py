@@ -254,7 +254,8 @@ class DrbdPair:
         if clean and me.conn is Conn.CONNECTED and other.up and other.conn is Conn.CONNECTED:
             if me.role is Role.SECONDARY:
                 me.disk = Disk.OUTDATED if me.disk is Disk.UP_TO_DATE and other.role is Role.PRIMARY else me.disk
-            self._lose(other_name, other, outdated_peer=me.role is Role.SECONDARY)
+            # the peer learns what the leaving disk really is: Outdated only if it was outdated
+            self._lose(other_name, other, outdated_peer=me.role is Role.SECONDARY and me.disk is Disk.OUTDATED)
         me.up = False
         me.role = Role.SECONDARY
         me.conn = Conn.CONNECTING
