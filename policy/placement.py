@@ -233,17 +233,13 @@ def secondary(c: Ctx) -> Outcome:
     assert rep is not None
     wait = c.recent_failure()
     offer = view.grant_offered_to_me(f, s)
+    if f.local.shutting_down:
+        return _leaving(c, offer, wait)
     if rep.holds or rep.phase in view.ACTIVE_PHASES:
-        if f.local.shutting_down:
-            return Phase.SECONDARY, Code.SHUTDOWN_READY, f"clean stop: {s.peer} is {rep.phase}; nothing held here; leaving"
         return Phase.SECONDARY, Code.NO_ACTION_SECONDARY, f"standby; {s.peer} is {rep.phase} with epoch {rep.epoch}"
     if f.drbd.connection is Conn.STANDALONE and not f.drbd.split_brain:
         c.act(ReconnectDrbd())
         return Phase.SECONDARY, Code.RECONNECTING_DRBD, f"DRBD StandAlone and {s.peer} heard: connect"
-    if f.local.shutting_down:
-        if c.d.grant_out is not None and c.d.grant_out.kind is GrantKind.HANDOVER:
-            return Phase.SECONDARY, Code.SHUTDOWN_WAITING_HANDOVER, f"clean stop: waiting for {s.peer} to take over ({c.d.grant_out.grant_id})"
-        return Phase.SECONDARY, Code.SHUTDOWN_READY, "clean stop: nothing held here; leaving"
     if offer is not None:
         return _answer_offer(c, offer, wait)
     if c.d.grant_out is not None:
@@ -259,6 +255,27 @@ def secondary(c: Ctx) -> Outcome:
         return Phase.SECONDARY, Code.HANDOVER_WAITING_DRBD, f"acknowledged {c.d.grant_ack}; waiting"
     g = new_grant(c, GrantKind.YIELD)
     return Phase.SECONDARY, Code.ELECTION_YIELDING, f"{s.peer} is the better candidate (eligible={rep.eligible}, gateway {rep.gateway_score} vs {f.gateway.score}): yield {g.grant_id}"
+
+
+def _leaving(c: Ctx, offer: Grant | None, wait: float | None) -> Outcome:
+    """Clean stop, nothing held here, the peer heard. Leave once the peer runs the group or cannot take
+    it. Before that: decline what it offers (a stopping node is not eligible), hand the group to it
+    when nobody runs it (a yield), and stay while it promotes or demotes: leaving takes DRBD down,
+    and a grantee's DRBD step needs it Connected (S1a), so leaving early leaves nobody active."""
+    f, s, rep = c.f, c.s, c.rep
+    assert rep is not None
+    if rep.phase in (Phase.PROMOTING.value, Phase.DEMOTING.value):
+        return Phase.SECONDARY, Code.SHUTDOWN_WAITING_HANDOVER, f"clean stop: waiting for {s.peer} to finish {rep.phase}"
+    if rep.holds or rep.phase in view.ACTIVE_PHASES:
+        return Phase.SECONDARY, Code.SHUTDOWN_READY, f"clean stop: {s.peer} is {rep.phase}; nothing held here; leaving"
+    if offer is not None and c.d.declined != offer.grant_id:
+        return _answer_offer(c, offer, wait)
+    if c.d.grant_out is not None:
+        return Phase.SECONDARY, Code.SHUTDOWN_WAITING_HANDOVER, f"clean stop: waiting for {s.peer} to take over ({c.d.grant_out.grant_id})"
+    if view.peer_can_take(f, s, rep):
+        g = new_grant(c, GrantKind.YIELD)
+        return Phase.SECONDARY, Code.SHUTDOWN_WAITING_HANDOVER, f"clean stop and nobody active: yield {g.grant_id} to {s.peer} before leaving"
+    return Phase.SECONDARY, Code.SHUTDOWN_READY, f"clean stop: nothing held here and {s.peer} cannot take over (eligible={rep.eligible}, DRBD {f.drbd.connection}); leaving"
 
 
 def _answer_offer(c: Ctx, offer: Grant, wait: float | None) -> Outcome:

@@ -70,6 +70,7 @@ class Node:
         self.keys: tuple[str, ...] = ("k1",)
         self.shutting_down = False
         self.reboot_after_stop = False
+        self.stays_off_after_stop = False      # a clean shutdown rather than a reboot
         self.announce_restart_until: float | None = None
         self.heard_boot: str | None = None   # ground truth for the oracle: a valid heartbeat reached this boot
         self.reset_daemon_memory()

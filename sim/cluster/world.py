@@ -237,11 +237,14 @@ class World(ExecutorModel):
             n.daemon = "stopped"
             n.restart_at = self.t + self.timing.daemon_restart
 
-    def clean_reboot(self, name: str) -> None:
+    def clean_reboot(self, name: str, power_on: bool = True) -> None:
+        """A clean reboot (or, ``power_on=False``, a clean shutdown): the daemon stops cleanly, then
+        DRBD goes down gracefully and the power goes off."""
         n = self.nodes[name]
         if n.alive:
             n.shutting_down = True
             n.reboot_after_stop = True
+            n.stays_off_after_stop = not power_on
 
     # ================================================================ DRBD
     def _path_ok(self) -> bool:
@@ -463,7 +466,7 @@ class World(ExecutorModel):
             parts.append((
                 n.powered, n.boot_seq, n.boot_at, n.daemon, n.restart_at, n.hang_until, n.incarnation, n.state,
                 tuple(n.records), tuple(sorted(n.fail_counts.items())), tuple((k, v.state, v.cause) for k, v in n.vms.items()),
-                n.mounted, n.ip, n.proto, n.keys, n.shutting_down, n.reboot_after_stop, n.announce_restart_until, n.heard_boot,
+                n.mounted, n.ip, n.proto, n.keys, n.shutting_down, n.reboot_after_stop, n.stays_off_after_stop, n.announce_restart_until, n.heard_boot,
                 tuple(sorted(n.last_heard.items())), n.report, n.incompatible_at, n.unauth_at, n.gw_score, n.gw_candidate,
                 n.gw_candidate_since, n.gw_next_probe, n.fresh, n.probe_due, n.stalled, n.free_since,
                 None if sq is None else (sq.kind, sq.gate, sq.index, sq.next_at, sq.started_at, sq.origin),
@@ -504,8 +507,9 @@ class World(ExecutorModel):
         self._daemon_gone(n)
         if n.reboot_after_stop:
             n.reboot_after_stop = False
-            self.power_off(n.name, clean=True, reason="clean reboot")
-            self.power_on(n.name)
+            self.power_off(n.name, clean=True, reason="clean shutdown" if n.stays_off_after_stop else "clean reboot")
+            if not n.stays_off_after_stop:
+                self.power_on(n.name)
         else:
             n.daemon = "stopped"
 
