@@ -72,6 +72,8 @@ def _bookkeeping(c: Ctx) -> None:
     if c.d.episode is not None and c.d.episode_boot != f.local.boot_id:
         c.upd(episode=None, episode_boot=None)    # an episode of an earlier boot is never carried on (S4)
     rep = c.rep
+    if rep is not None and c.status in (PeerStatus.HEARD, PeerStatus.LEFT):
+        c.upd(peer_left=rep.boot_id if rep.leaving and not rep.holds else None)
     if c.status is PeerStatus.HEARD and rep is not None:
         c.upd(peer_heard_boot=f.local.boot_id, episode=None)
         c.vol(lost_at=None, fence_not_before=None, probe_requested_at=None, operator_fence=False)

@@ -145,6 +145,11 @@ CASES: list[tuple[str, Any, Any, Code, Callable[[Decision], bool]]] = [
     ("incompatible", state(), facts(age=None, peer_facts={"incompatible": True}), Code.PEER_INCOMPATIBLE, lacks(FencePeer, Demote)),
     ("key mismatch", secondary, facts(active=False, age=None, peer_facts={"unauthenticated": True}), Code.PEER_KEY_MISMATCH, lacks(FencePeer, Promote)),
     ("peer left", state(), lost(peer=report(leaving=True, received_at=NOW - 2)), Code.PEER_LEFT, lacks(FencePeer)),
+    ("a restarted daemon remembers that the peer left cleanly: no fence", state(fresh_daemon=True, peer_left="node2-boot1"),
+     facts(age=None, peer_facts={"report": None}, drbd={"connection": Conn.CONNECTING, "peer_role": Role.UNKNOWN, "peer_disk": Disk.OUTDATED}),
+     Code.PEER_LEFT, lacks(FencePeer, ProbeGateway)),
+    ("the peer's leaving is remembered until it is heard again", state(), facts(peer=report(leaving=True)), Code.NO_ACTION_PRIMARY,
+     lambda d: d.state.durable.peer_left == "node2-boot1"),
     ("peer restarting", state(), lost(peer=report(restarting_until=NOW + 20)), Code.PEER_RESTARTING, lacks(FencePeer)),
     # §4.4
     ("silent peer, DRBD Connected: grace", lost_standby, lost(**standby_lost_facts, drbd={"connection": Conn.CONNECTED, "peer_role": Role.PRIMARY}),
