@@ -19,7 +19,7 @@ from .actions import DisconnectDrbd, FencePeer, ProbeGateway, Promote, Reconnect
 from .context import Ctx, Outcome
 from .facts import FenceRecord
 from .model import Conn, Disk, Evidence, Phase, Role
-from .placement import drbd_fencing, held_without_peer, vm_duty
+from .placement import OUTDATED_OR_WORSE, drbd_fencing, held_without_peer, vm_duty
 from .reasons import Code
 from .view import PeerStatus
 
@@ -92,6 +92,10 @@ def peer_gone(c: Ctx) -> Outcome:
         out = drbd_fencing(c)   # only a DRBD-side Outdated peer can answer here; the record path is above
         if out is not None:
             return out
+    if c.held and f.drbd.role is Role.PRIMARY and f.drbd.peer_disk in OUTDATED_OR_WORSE and not c.v.operator_fence:
+        # DRBD outdated the peer (a graceful leave, or fence-peer answered 4): it cannot promote, so there
+        # is nothing to fence; a restarted daemon that missed the peer's `leaving` learns it here
+        return held_without_peer(c, Code.PEER_LOST_OUTDATED, f"{s.peer} lost ({ep}), but DRBD shows its disk {f.drbd.peer_disk}: it cannot take over; no fence while active")
     why_not = could_take_over(c)
     if why_not is not None and not c.v.operator_fence:
         c.alert("cannot_take_over", f"{s.peer} lost; not fencing: {why_not}")

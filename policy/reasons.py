@@ -39,6 +39,7 @@ class Code(StrEnum):
     PEER_RESTARTING = "peer_restarting"
     PEER_SILENT_DRBD_CONNECTED = "peer_silent_drbd_connected"
     PEER_DAEMON_SILENT = "peer_daemon_silent"
+    PEER_LOST_OUTDATED = "peer_lost_outdated"
     # the loss rules
     PEER_LOST_NO_GATEWAY = "peer_lost_no_gateway"
     PEER_LOST_CANNOT_TAKE_OVER = "peer_lost_cannot_take_over"
@@ -126,6 +127,7 @@ TABLE: dict[Code, Row] = {
     Code.PEER_RESTARTING: Row((P.SECONDARY, P.PRIMARY), "The peer announced a daemon restart and is within its announced window; no fence."),
     Code.PEER_SILENT_DRBD_CONNECTED: Row((P.SECONDARY, P.PRIMARY), "No heartbeat, but DRBD is still Connected (the peer's daemon hung or restarted): no fence during silent_peer_grace."),
     Code.PEER_DAEMON_SILENT: Row((P.PRIMARY,), "The standby's daemon is silent but DRBD replicates to it: nothing to fence while this node is active."),
+    Code.PEER_LOST_OUTDATED: Row((P.PRIMARY,), "The standby is lost, but DRBD here shows its disk Outdated (it left gracefully or was outdated): it cannot take over; no fence while this node is active."),
     Code.PEER_LOST_NO_GATEWAY: Row((P.FENCING, P.SECONDARY, P.PRIMARY), "Peer lost, and the fresh gateway probe failed: this node is probably the isolated one; no fence (S7)."),
     Code.PEER_LOST_CANNOT_TAKE_OVER: Row((P.FENCING, P.SECONDARY), "Peer lost, but this node could not take over afterwards (disk, ban, DRBD config); no fence (S8)."),
     Code.PEER_LOST_WAITING_DELAY: Row((P.FENCING,), "Peer lost; waiting priority_delay plus jitter so a live active peer wins any fence race."),
