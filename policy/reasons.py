@@ -173,7 +173,7 @@ TABLE: dict[Code, Row] = {
     Code.VM_FORCE_STOPPING: Row((P.PRIMARY,), "Target role is stopped (forcestop): saving a running VM and keeping it stopped."),
     Code.SHUTDOWN_STOPPING: Row((P.DEMOTING,), "Clean stop requested and no peer can take over: stopping the resources."),
     Code.SHUTDOWN_WAITING_HANDOVER: Row((P.SECONDARY,), "Clean stop requested; waiting for the peer to take over what this node granted."),
-    Code.SHUTDOWN_READY: Row((P.SECONDARY,), "Clean stop: nothing held here; announcing `leaving`; the daemon may exit."),
+    Code.SHUTDOWN_READY: Row((P.SECONDARY, P.MAINTENANCE), "Clean stop: nothing held here (or maintenance: everything left as it is); announcing `leaving`; the daemon may exit."),
 }
 
 assert set(TABLE) == set(Code), f"codes without a row: {set(Code) - set(TABLE)}"

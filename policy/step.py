@@ -138,6 +138,12 @@ def _maintenance(c: Ctx) -> Outcome | None:
     if not c.f.intent.maintenance:
         return None
     _hold_loss_clock(c)
+    if c.f.local.shutting_down and c.f.sequence is None:
+        # observe only means stopping leaves everything as it is (the way back to Pacemaker, a host
+        # rebooted in a maintenance window): waiting for a handover that maintenance forbids never ends
+        if c.f.drbd.fence_peer_pending:
+            c.act(AnswerFencePeer(EXIT_BROKEN))
+        return Phase.MAINTENANCE, Code.SHUTDOWN_READY, f"clean stop in maintenance: leaving everything as it is (held={c.held})"
     out = honour_outdate_request(c) or drbd_fencing(c, may_fence_answer=False)
     if c.f.drbd.fence_peer_pending and c.status is not PeerStatus.HEARD:
         c.act(AnswerFencePeer(EXIT_BROKEN))

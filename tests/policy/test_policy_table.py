@@ -102,6 +102,8 @@ CASES: list[tuple[str, Any, Any, Code, Callable[[Decision], bool]]] = [
     # S6
     ("maintenance", state(), lost(intent=Intent(maintenance=True)), Code.MAINTENANCE_OBSERVING,
      all_of(NO_RESOURCE_ACTION, lambda d: d.phase is Phase.MAINTENANCE)),
+    ("clean stop in maintenance: leave everything as it is", state(), facts(intent=Intent(maintenance=True), local={"shutting_down": True}),
+     Code.SHUTDOWN_READY, all_of(NO_RESOURCE_ACTION, lambda d: d.ready_to_stop and d.phase is Phase.MAINTENANCE)),
     ("maintenance answers the handler 1 when the peer is lost", state(), lost(intent=Intent(maintenance=True), drbd={"fence_peer_pending": True}),
      Code.MAINTENANCE_OBSERVING, all_of(NO_RESOURCE_ACTION, has(AnswerFencePeer, lambda a: a.exit_code == 1))),
     ("maintenance still outdates on request (S6)", secondary, facts(active=False, intent=Intent(maintenance=True), peer=active_report(outdate_request=True), drbd={"connection": Conn.CONNECTING}),
