@@ -8,7 +8,7 @@ Invariants:
 - :func:`load` either returns a complete, frozen :class:`Config` or raises
   :class:`ConfigError` listing *every* problem as ``section.key: problem``.
 - Unsafe timing combinations are refused, never adjusted (DESIGN section 10).
-- The key files are checked for existence, length and permissions at load.
+- The key files are checked for existence, length, permissions and owner at load.
 """
 
 from __future__ import annotations
@@ -458,6 +458,9 @@ def _check_key_file(path: Path, key: str, p: Problems) -> None:
         return
     if st.st_mode & 0o077:
         p.add(key, f"{path} is accessible by group or others (mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}")
+    if st.st_uid not in (0, os.geteuid()):  # its owner can read and rewrite it, whatever the mode
+        p.add(key, f"{path} is owned by uid {st.st_uid}; only root (or the user running the daemon) may own it; "
+                   f"run: chown root {path}")
     if st.st_size < MIN_KEY_BYTES:
         p.add(key, f"{path} holds {st.st_size} bytes; at least {MIN_KEY_BYTES} are required")
 

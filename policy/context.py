@@ -18,6 +18,7 @@ from .mutations import Mutations
 from .reasons import Code
 from .settings import Settings
 from .state import Durable, PolicyState
+from .view import PeerStatus
 
 Outcome = tuple[Phase, Code, str]
 
@@ -33,6 +34,8 @@ class Ctx:
         self.actions: list[Action] = []
         self.alerts: list[Alert] = []
         self.status = view.peer_status(facts, settings)
+        if self.status is PeerStatus.NEVER and state.durable.peer_left is not None:
+            self.status = PeerStatus.LEFT    # a restarted daemon remembers that the peer left cleanly
         self.rep = facts.peer.report
         self.held = view.holds(facts)
         self.outdate_request = False

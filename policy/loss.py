@@ -19,7 +19,7 @@ from .actions import DisconnectDrbd, FencePeer, ProbeGateway, Promote, Reconnect
 from .context import Ctx, Outcome
 from .facts import FenceRecord
 from .model import Conn, Disk, Evidence, Phase, Role
-from .placement import drbd_fencing, held_without_peer, vm_duty
+from .placement import OUTDATED_OR_WORSE, drbd_fencing, held_without_peer, vm_duty
 from .reasons import Code
 from .view import PeerStatus
 
@@ -92,6 +92,10 @@ def peer_gone(c: Ctx) -> Outcome:
         out = drbd_fencing(c)   # only a DRBD-side Outdated peer can answer here; the record path is above
         if out is not None:
             return out
+    if c.held and f.drbd.role is Role.PRIMARY and f.drbd.peer_disk in OUTDATED_OR_WORSE and not c.v.operator_fence:
+        # DRBD outdated the peer (a graceful leave, or fence-peer answered 4): it cannot promote, so there
+        # is nothing to fence; a restarted daemon that missed the peer's `leaving` learns it here
+        return held_without_peer(c, Code.PEER_LOST_OUTDATED, f"{s.peer} lost ({ep}), but DRBD shows its disk {f.drbd.peer_disk}: it cannot take over; no fence while active")
     why_not = could_take_over(c)
     if why_not is not None and not c.v.operator_fence:
         c.alert("cannot_take_over", f"{s.peer} lost; not fencing: {why_not}")
@@ -113,7 +117,9 @@ def peer_gone(c: Ctx) -> Outcome:
         not_before = lost_at    # re-read at each decision: the device reports the peer's machine OFF now
     if f.now < not_before:
         c.wait_until(not_before)
-        return Phase.FENCING, Code.PEER_LOST_WAITING_DELAY, f"{s.peer} lost at {lost_at:.2f} and was active: waiting until {not_before:.2f} (priority_delay {s.priority_delay:g}s + jitter) before fencing"
+        why = (f"was active: priority_delay {s.priority_delay:g}s + jitter" if view.peer_was_active(c.d, c.rep)
+               else "nobody was active: the election order decides the delay")
+        return Phase.FENCING, Code.PEER_LOST_WAITING_DELAY, f"{s.peer} lost at {lost_at:.2f} and {why}; waiting until {not_before:.2f} before fencing"
     if not c.m.drop_s7:
         fresh = f.gateway.fresh
         req = c.v.probe_requested_at
@@ -138,7 +144,9 @@ def peer_gone(c: Ctx) -> Outcome:
     c.act(FencePeer(ep, f.now - lost_at, operator=c.v.operator_fence))
     c.alert("fencing", f"fencing {s.peer}")
     who = "operator request" if c.v.operator_fence else ("this node is active" if _self_active(c) else f"waited {f.now - lost_at:.2f}s")
-    return Phase.FENCING, Code.PEER_LOST_FENCING, f"fencing {s.peer}: no heartbeat on any link since {lost_at - s.heartbeat_timeout:.2f}; gateway reachable; {who}"
+    age = view.min_link_age(f)
+    since = f"since {f.now - age:.2f}" if age is not None else "this daemon run"
+    return Phase.FENCING, Code.PEER_LOST_FENCING, f"fencing {s.peer}: no heartbeat on any link {since}; gateway reachable; {who}"
 
 
 def _phase_when_waiting(c: Ctx) -> Phase:

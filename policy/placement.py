@@ -12,7 +12,9 @@ Invariants:
   yields while it has acknowledged one; of two crossing yields the one from
   the lower node name is withdrawn (it was not acknowledged).
 - The fence-peer handler is answered 4 only on the peer's reported Outdated
-  (or worse) disk, 7 only with a fence record of the current episode.
+  (or worse) disk, 7 only with a fence record of the current episode: on a
+  Primary, or on a node whose promotion runs under that episode's gate
+  (DRBD runs fence-peer before a disconnected promotion).
 """
 
 from __future__ import annotations
@@ -33,12 +35,9 @@ def drbd_fencing(c: Ctx, may_fence_answer: bool = True) -> Outcome | None:
     f = c.f
     if f.drbd.role is not Role.PRIMARY:
         if f.drbd.fence_peer_pending:
-            # DRBD runs fence-peer from the promotion itself when the peer's disk is unknown
-            # (resource-and-stonith): a promotion under the episode's fence record answers 7.
-            promoting = f.sequence is not None and f.sequence.kind is SequenceKind.PROMOTE
-            record = view.record_for(f, c.d.episode) if may_fence_answer and promoting else None
-            fenced = record is not None and c.status is not PeerStatus.HEARD
-            c.act(AnswerFencePeer(EXIT_PEER_FENCED if fenced else EXIT_BROKEN))
+            # a disconnected `drbdadm primary` runs fence-peer first and fails unless it hears 4 or 7:
+            # a node PROMOTING under a valid episode gate answers with the record that opened the gate
+            c.act(AnswerFencePeer(EXIT_PEER_FENCED if may_fence_answer and _promoting_after_fence(c) else EXIT_BROKEN))
         return None
     phase = Phase.MAINTENANCE if f.intent.maintenance else Phase.PRIMARY
     # the peer's own word counts only from a report sent after we asked (a report from before could
@@ -69,6 +68,14 @@ def drbd_fencing(c: Ctx, may_fence_answer: bool = True) -> Outcome | None:
             # the handler gave up (exit 1, e.g. this daemon was down): get the evidence ourselves
             return _ask_outdate(c, phase, f"DRBD I/O frozen (handler gone); {c.s.peer} heard")
     return None
+
+
+def _promoting_after_fence(c: Ctx) -> bool:
+    """A promote sequence runs under the gate of the current episode, which holds a fence record and
+    the peer is not heard (the ``episode:`` gate of ``gate_valid``)."""
+    seq, ep = c.f.sequence, c.d.episode
+    return (seq is not None and seq.kind is SequenceKind.PROMOTE and ep is not None and seq.gate == f"episode:{ep.counter}"
+            and c.status is not PeerStatus.HEARD and view.record_for(c.f, ep) is not None)
 
 
 def _ask_outdate(c: Ctx, phase: Phase, why: str) -> Outcome:
@@ -226,17 +233,13 @@ def secondary(c: Ctx) -> Outcome:
     assert rep is not None
     wait = c.recent_failure()
     offer = view.grant_offered_to_me(f, s)
+    if f.local.shutting_down:
+        return _leaving(c, offer, wait)
     if rep.holds or rep.phase in view.ACTIVE_PHASES:
-        if f.local.shutting_down:
-            return Phase.SECONDARY, Code.SHUTDOWN_READY, f"clean stop: {s.peer} is {rep.phase}; nothing held here; leaving"
         return Phase.SECONDARY, Code.NO_ACTION_SECONDARY, f"standby; {s.peer} is {rep.phase} with epoch {rep.epoch}"
     if f.drbd.connection is Conn.STANDALONE and not f.drbd.split_brain:
         c.act(ReconnectDrbd())
         return Phase.SECONDARY, Code.RECONNECTING_DRBD, f"DRBD StandAlone and {s.peer} heard: connect"
-    if f.local.shutting_down:
-        if c.d.grant_out is not None and c.d.grant_out.kind is GrantKind.HANDOVER:
-            return Phase.SECONDARY, Code.SHUTDOWN_WAITING_HANDOVER, f"clean stop: waiting for {s.peer} to take over ({c.d.grant_out.grant_id})"
-        return Phase.SECONDARY, Code.SHUTDOWN_READY, "clean stop: nothing held here; leaving"
     if offer is not None:
         return _answer_offer(c, offer, wait)
     if c.d.grant_out is not None:
@@ -252,6 +255,27 @@ def secondary(c: Ctx) -> Outcome:
         return Phase.SECONDARY, Code.HANDOVER_WAITING_DRBD, f"acknowledged {c.d.grant_ack}; waiting"
     g = new_grant(c, GrantKind.YIELD)
     return Phase.SECONDARY, Code.ELECTION_YIELDING, f"{s.peer} is the better candidate (eligible={rep.eligible}, gateway {rep.gateway_score} vs {f.gateway.score}): yield {g.grant_id}"
+
+
+def _leaving(c: Ctx, offer: Grant | None, wait: float | None) -> Outcome:
+    """Clean stop, nothing held here, the peer heard. Leave once the peer runs the group or cannot take
+    it. Before that: decline what it offers (a stopping node is not eligible), hand the group to it
+    when nobody runs it (a yield), and stay while it promotes or demotes: leaving takes DRBD down,
+    and a grantee's DRBD step needs it Connected (S1a), so leaving early leaves nobody active."""
+    f, s, rep = c.f, c.s, c.rep
+    assert rep is not None
+    if rep.phase in (Phase.PROMOTING.value, Phase.DEMOTING.value):
+        return Phase.SECONDARY, Code.SHUTDOWN_WAITING_HANDOVER, f"clean stop: waiting for {s.peer} to finish {rep.phase}"
+    if rep.holds or rep.phase in view.ACTIVE_PHASES:
+        return Phase.SECONDARY, Code.SHUTDOWN_READY, f"clean stop: {s.peer} is {rep.phase}; nothing held here; leaving"
+    if offer is not None and c.d.declined != offer.grant_id:
+        return _answer_offer(c, offer, wait)
+    if c.d.grant_out is not None:
+        return Phase.SECONDARY, Code.SHUTDOWN_WAITING_HANDOVER, f"clean stop: waiting for {s.peer} to take over ({c.d.grant_out.grant_id})"
+    if view.peer_can_take(f, s, rep):
+        g = new_grant(c, GrantKind.YIELD)
+        return Phase.SECONDARY, Code.SHUTDOWN_WAITING_HANDOVER, f"clean stop and nobody active: yield {g.grant_id} to {s.peer} before leaving"
+    return Phase.SECONDARY, Code.SHUTDOWN_READY, f"clean stop: nothing held here and {s.peer} cannot take over (eligible={rep.eligible}, DRBD {f.drbd.connection}); leaving"
 
 
 def _answer_offer(c: Ctx, offer: Grant, wait: float | None) -> Outcome:

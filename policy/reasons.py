@@ -39,6 +39,7 @@ class Code(StrEnum):
     PEER_RESTARTING = "peer_restarting"
     PEER_SILENT_DRBD_CONNECTED = "peer_silent_drbd_connected"
     PEER_DAEMON_SILENT = "peer_daemon_silent"
+    PEER_LOST_OUTDATED = "peer_lost_outdated"
     # the loss rules
     PEER_LOST_NO_GATEWAY = "peer_lost_no_gateway"
     PEER_LOST_CANNOT_TAKE_OVER = "peer_lost_cannot_take_over"
@@ -111,10 +112,10 @@ P = Phase
 TABLE: dict[Code, Row] = {
     Code.STARTING_WAITING_FOR_PEER: Row((P.STARTING,), "This boot has not heard the peer yet; no fence and no promotion (S4). An operator may `confirm-fenced` the peer."),
     Code.MAINTENANCE_OBSERVING: Row((P.MAINTENANCE,), "Maintenance: observe and alert only; no resource action, no fence (S6)."),
-    Code.STALL_REOBSERVING: Row((P.SECONDARY, P.PRIMARY, P.FENCING), "The loop stalled; the world is observed afresh for one heartbeat timeout before any fence or promotion."),
+    Code.STALL_REOBSERVING: Row((P.SECONDARY, P.PRIMARY, P.FENCING), "The loop stalled, the daemon started, or maintenance or BLOCKED ended; the world is observed afresh for one heartbeat timeout before any fence or promotion, and a loss counts its delays from then."),
     Code.BLOCKED_SPLIT_BRAIN: Row((P.BLOCKED,), "DRBD reports split brain; nothing is promoted until an operator resolves it and unblocks."),
     Code.BLOCKED_UNSAFE_DRBD_CONFIG: Row((P.BLOCKED,), "DRBD's configuration is unsafe (S9); automatic takeover is blocked."),
-    Code.BLOCKED_MISFENCE: Row((P.BLOCKED,), "A heartbeat came from a boot of the peer that a fence record said was off: the fence hit the wrong machine (S5)."),
+    Code.BLOCKED_MISFENCE: Row((P.BLOCKED,), "A heartbeat came from a boot of the peer that a fence record said was off: the fence hit the wrong machine (S5). Unblock is accepted once that boot is no longer heard (reboot the peer)."),
     Code.UNBLOCKED: Row((P.SECONDARY, P.PRIMARY), "An operator's unblock was accepted: the cause of the block is gone."),
     Code.UNBLOCK_REFUSED: Row((P.BLOCKED,), "An operator's unblock was refused: the cause of the block is still there."),
     Code.OWN_INCARNATION_FENCED: Row((P.DEMOTING, P.SECONDARY), "The peer holds a confirmed fence record for this very boot: stop all resources at once (S5)."),
@@ -126,6 +127,7 @@ TABLE: dict[Code, Row] = {
     Code.PEER_RESTARTING: Row((P.SECONDARY, P.PRIMARY), "The peer announced a daemon restart and is within its announced window; no fence."),
     Code.PEER_SILENT_DRBD_CONNECTED: Row((P.SECONDARY, P.PRIMARY), "No heartbeat, but DRBD is still Connected (the peer's daemon hung or restarted): no fence during silent_peer_grace."),
     Code.PEER_DAEMON_SILENT: Row((P.PRIMARY,), "The standby's daemon is silent but DRBD replicates to it: nothing to fence while this node is active."),
+    Code.PEER_LOST_OUTDATED: Row((P.PRIMARY,), "The standby is lost, but DRBD here shows its disk Outdated (it left gracefully or was outdated): it cannot take over; no fence while this node is active."),
     Code.PEER_LOST_NO_GATEWAY: Row((P.FENCING, P.SECONDARY, P.PRIMARY), "Peer lost, and the fresh gateway probe failed: this node is probably the isolated one; no fence (S7)."),
     Code.PEER_LOST_CANNOT_TAKE_OVER: Row((P.FENCING, P.SECONDARY), "Peer lost, but this node could not take over afterwards (disk, ban, DRBD config); no fence (S8)."),
     Code.PEER_LOST_WAITING_DELAY: Row((P.FENCING,), "Peer lost; waiting priority_delay plus jitter so a live active peer wins any fence race."),
@@ -171,7 +173,7 @@ TABLE: dict[Code, Row] = {
     Code.VM_FORCE_STOPPING: Row((P.PRIMARY,), "Target role is stopped (forcestop): saving a running VM and keeping it stopped."),
     Code.SHUTDOWN_STOPPING: Row((P.DEMOTING,), "Clean stop requested and no peer can take over: stopping the resources."),
     Code.SHUTDOWN_WAITING_HANDOVER: Row((P.SECONDARY,), "Clean stop requested; waiting for the peer to take over what this node granted."),
-    Code.SHUTDOWN_READY: Row((P.SECONDARY,), "Clean stop: nothing held here; announcing `leaving`; the daemon may exit."),
+    Code.SHUTDOWN_READY: Row((P.SECONDARY, P.MAINTENANCE), "Clean stop: nothing held here (or maintenance: everything left as it is); announcing `leaving`; the daemon may exit."),
 }
 
 assert set(TABLE) == set(Code), f"codes without a row: {set(Code) - set(TABLE)}"

@@ -42,6 +42,7 @@ class Durable:
     carried_on: str | None = None             # the loss (episode or outdate) the epoch was last bumped for
     unblock_seen: int = 0
     fence_seen: int = 0
+    peer_left: str | None = None              # boot id of the peer that announced a clean stop with nothing held, until heard again
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

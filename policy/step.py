@@ -20,7 +20,7 @@ from typing import assert_never
 from . import view
 from .actions import Action, Announcement, AnswerFencePeer, Demote, Publish, SelfFence
 from .context import Ctx, Outcome
-from .facts import Facts
+from .facts import Facts, FenceRecord
 from .handler import EXIT_BROKEN
 from .loss import peer_gone
 from .model import BlockCause, Conn, DemoteMode, Disk, Evidence, GrantKind, LossEpisode, Phase, Role, Suspended
@@ -72,6 +72,8 @@ def _bookkeeping(c: Ctx) -> None:
     if c.d.episode is not None and c.d.episode_boot != f.local.boot_id:
         c.upd(episode=None, episode_boot=None)    # an episode of an earlier boot is never carried on (S4)
     rep = c.rep
+    if rep is not None and c.status in (PeerStatus.HEARD, PeerStatus.LEFT):
+        c.upd(peer_left=rep.boot_id if rep.leaving and not rep.holds else None)
     if c.status is PeerStatus.HEARD and rep is not None:
         c.upd(peer_heard_boot=f.local.boot_id, episode=None)
         c.vol(lost_at=None, fence_not_before=None, probe_requested_at=None, operator_fence=False)
@@ -124,10 +126,24 @@ def _bookkeeping(c: Ctx) -> None:
 # ---------------------------------------------------------------- rules
 
 
+def _hold_loss_clock(c: Ctx) -> None:
+    """This node may not fence now (maintenance, BLOCKED): a loss does not start counting its delays
+    until the node may act again, then it is observed afresh for one timeout, as after a stall;
+    otherwise both nodes would leave with their delays already spent and fence at the same instant."""
+    c.vol(observe_until=c.f.now + c.s.heartbeat_timeout, lost_at=None, fence_not_before=None, probe_requested_at=None)
+
+
 def _maintenance(c: Ctx) -> Outcome | None:
     """S6: observe only. The fence-peer handler may still outdate a reachable peer."""
     if not c.f.intent.maintenance:
         return None
+    _hold_loss_clock(c)
+    if c.f.local.shutting_down and c.f.sequence is None:
+        # observe only means stopping leaves everything as it is (the way back to Pacemaker, a host
+        # rebooted in a maintenance window): waiting for a handover that maintenance forbids never ends
+        if c.f.drbd.fence_peer_pending:
+            c.act(AnswerFencePeer(EXIT_BROKEN))
+        return Phase.MAINTENANCE, Code.SHUTDOWN_READY, f"clean stop in maintenance: leaving everything as it is (held={c.held})"
     out = honour_outdate_request(c) or drbd_fencing(c, may_fence_answer=False)
     if c.f.drbd.fence_peer_pending and c.status is not PeerStatus.HEARD:
         c.act(AnswerFencePeer(EXIT_BROKEN))
@@ -168,18 +184,24 @@ def _both_active(c: Ctx) -> Outcome | None:
     return Phase.DEMOTING, Code.BOTH_ACTIVE_STOPPING, f"both nodes hold resources; epoch {mine} <= {c.s.peer}'s {theirs}: stopping at once"
 
 
+def _misfenced_record(c: Ctx) -> FenceRecord | None:
+    """A record that confirmed off the very boot of the peer that is heard now."""
+    rep = c.rep
+    if c.status is not PeerStatus.HEARD or rep is None:
+        return None
+    return next((r for r in c.f.fencing.records
+                 if r.episode.peer_boot_id == rep.boot_id and rep.received_at > r.confirmed_at + c.s.heartbeat_interval), None)
+
+
 def _misfence(c: Ctx) -> Outcome | None:
     """S5: a heartbeat from a boot that a record confirmed off proves a mis-fence."""
-    rep, f = c.rep, c.f
-    if c.status is not PeerStatus.HEARD or rep is None or c.d.block is not None:
+    r = _misfenced_record(c)
+    if r is None or c.rep is None or c.d.block is not None:
         return None
-    for r in f.fencing.records:
-        if r.episode.peer_boot_id == rep.boot_id and rep.received_at > r.confirmed_at + c.s.heartbeat_interval:
-            detail = f"{c.s.peer} boot {rep.boot_id} heard after {r.evidence} confirmed it off at {r.confirmed_at:.2f} ({r.episode})"
-            c.upd(block=Block(BlockCause.MISFENCE, detail))
-            c.alert("misfence", detail)
-            return Phase.BLOCKED, Code.BLOCKED_MISFENCE, detail
-    return None
+    detail = f"{c.s.peer} boot {c.rep.boot_id} heard after {r.evidence} confirmed it off at {r.confirmed_at:.2f} ({r.episode})"
+    c.upd(block=Block(BlockCause.MISFENCE, detail))
+    c.alert("misfence", detail)
+    return Phase.BLOCKED, Code.BLOCKED_MISFENCE, detail
 
 
 _BLOCK_CODE = {BlockCause.SPLIT_BRAIN: Code.BLOCKED_SPLIT_BRAIN, BlockCause.UNSAFE_DRBD_CONFIG: Code.BLOCKED_UNSAFE_DRBD_CONFIG,
@@ -193,7 +215,9 @@ def _cause_gone(c: Ctx, cause: BlockCause) -> bool:
         case BlockCause.UNSAFE_DRBD_CONFIG:
             return c.f.drbd.config_safe is True
         case BlockCause.MISFENCE:
-            return True   # the operator's unblock is the acknowledgement
+            # the operator's unblock acknowledges it once the boot wrongly confirmed off is no longer heard
+            # (rebooted); before that, lifting the block would only raise it again at the next decision
+            return _misfenced_record(c) is None
         case _:
             assert_never(cause)
 
@@ -211,6 +235,7 @@ def _blocked(c: Ctx) -> Outcome | None:
             return None
         c.upd(block=block)
         c.alert("blocked", block.detail)
+    _hold_loss_clock(c)
     if f.intent.unblock_seq > c.d.unblock_seen:
         c.upd(unblock_seen=f.intent.unblock_seq)
         if _cause_gone(c, block.cause):

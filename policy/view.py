@@ -117,11 +117,11 @@ def peer_can_take(f: Facts, s: Settings, rep: PeerReport) -> bool:
 
 
 def peer_was_active(d: Durable, rep: PeerReport | None) -> bool:
-    """The peer was active when last heard, or is the grantee that acknowledged our grant."""
+    """The peer was active when last heard, or is the grantee of a grant or yield we have out: it
+    counts as active from its acknowledgement, which the partition may have kept from us."""
     if rep is None:
         return True    # unknown (a restarted daemon): assume it was, so the delay applies
-    g = d.grant_out
-    return rep.holds or rep.phase in ACTIVE_PHASES or (g is not None and rep.ack == g.grant_id)
+    return rep.holds or rep.phase in ACTIVE_PHASES or d.grant_out is not None
 
 
 def election_key(eligible: bool, score: int | None, node: str, s: Settings) -> tuple[bool, int, bool]:

@@ -157,6 +157,25 @@ def test_key_readable_by_others_is_refused(tmp_path: Path, mode: int) -> None:
     assert any(p.startswith("cluster.key_file:") and "accessible by group or others" in p and "chmod 600" in p for p in problems), problems
 
 
+@pytest.mark.root
+def test_key_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    """Mode 0600 keeps group and others out, but a file owned by another user is readable (and
+    writable) by that user: whoever owns it can sign heartbeats. Refused like a group-readable one."""
+    from tests.conftest import require_root
+
+    require_root()
+    table = base_table(tmp_path)
+    for name in ("key_file", "next_key_file"):
+        other = tmp_path / f"{name}.other"
+        other.write_bytes(os.urandom(64))
+        other.chmod(0o600)
+        os.chown(other, 65534, 65534)  # nobody
+        table["cluster"][name] = str(other)
+    problems = problems_of(table)
+    for name in ("key_file", "next_key_file"):
+        assert any(p.startswith(f"cluster.{name}:") and "owned by uid 65534" in p and "chown" in p for p in problems), problems
+
+
 def test_short_or_missing_key_is_refused(tmp_path: Path) -> None:
     table = base_table(tmp_path)
     short = tmp_path / "short"

@@ -58,10 +58,10 @@ class PeerView:
     protocol: int | None  # body version of the last fresh datagram
     peer_max_version: int | None
     sending_version: int
-    last_heard: float | None
+    last_heard: float | None  # when the last fresh datagram proves the peer alive (its send, at the latest)
     silent_for: float | None
     report: NodeReport | None
-    report_age: float | None
+    report_age: float | None  # at most this old: counted from the same instant
     announce: Announce | None
     restart_expected_by: float | None
     settings_fingerprint: str
@@ -74,6 +74,7 @@ class PeerView:
     longest_silence: float
     drops: dict[str, int]
     unconfirmed: int
+    overtaken: int  # fresh datagrams sent before the newest one taken as facts: proof of life only
 
     @property
     def settings_mismatch(self) -> bool | None:

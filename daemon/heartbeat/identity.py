@@ -28,6 +28,7 @@ from ..persist import atomic_write_json, ensure_dir
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 PRODUCT_UUID_PATH = Path("/sys/class/dmi/id/product_uuid")
 INCARNATION_FILE = "incarnation.json"
+MAX_INCARNATION = 2**64 - 1  # the envelope's field
 
 
 class IdentityError(Exception):
@@ -76,6 +77,10 @@ def next_incarnation(state_dir: Path, boot_id: str, wall_now: float | None = Non
         raise IdentityError(
             f"{path} is unreadable ({e}); the incarnation must never go backwards. If the clock is "
             f"right, remove the file: the next incarnation is then taken from the clock") from None
+    if stored >= MAX_INCARNATION:
+        raise IdentityError(
+            f"{path} holds incarnation {stored}: the next one would not fit the 64 bits of the heartbeat envelope, "
+            f"so this daemon could never be heard. The file is corrupted; if the clock is right, remove it")
     now = time.time() if wall_now is None else wall_now
     incarnation = max(stored + 1, int(now))
     atomic_write_json(path, {"incarnation": incarnation, "boot_id": boot_id, "started_at": now})

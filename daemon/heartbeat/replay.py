@@ -9,8 +9,13 @@ Invariants:
 - :meth:`ReplayGuard.admit` changes state only for a datagram it accepts,
   so a rejected datagram can never move the window.
 - The highest peer incarnation seen is persisted (fsynced) in
-  ``state_dir`` before it is relied on, so a daemon restart does not
+  ``state_dir`` when it is first accepted, so a daemon restart does not
   re-open the door to datagrams recorded from an earlier incarnation.
+  When that write fails (a full or read-only disk) the datagram is accepted
+  all the same and :attr:`ReplayGuard.unpersisted` says why: in this run
+  the floor in memory guards, and after a restart recordings fail the
+  freshness proof anyway, whereas dropping the datagrams would make a live
+  peer lost (and fenced). The write is tried again at the next incarnation.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class ReplayGuard:
         self.incarnation: int | None = None  # of the peer, as last accepted
         self.floor = 0  # persisted: never accept an incarnation below this
         self._last: dict[int, int] = {}  # stream -> last accepted sequence
+        self.unpersisted: OSError | None = None  # why the last new incarnation is not on disk
         if self.path is not None:
             self.floor = self._load(self.path, peer)
 
@@ -49,9 +55,13 @@ class ReplayGuard:
             return 0
         except (OSError, ValueError) as e:
             raise ValueError(f"{path} is unreadable ({e}); remove it to accept any incarnation of {peer} again") from None
-        inc = raw.get("incarnation") if isinstance(raw, dict) else None
-        if raw.get("peer") != peer or not isinstance(inc, int) or isinstance(inc, bool):
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path} is unreadable (not a JSON object); remove it to accept any incarnation of {peer} again")
+        if raw.get("peer") != peer:
             return 0  # a file about another peer (renamed nodes) protects nothing here
+        inc = raw.get("incarnation")
+        if not isinstance(inc, int) or isinstance(inc, bool) or inc < 0:
+            raise ValueError(f"{path} is unreadable (incarnation is {inc!r}); remove it to accept any incarnation of {peer} again")
         return inc
 
     def admit(self, env: Envelope) -> Admit | None:
@@ -60,10 +70,14 @@ class ReplayGuard:
             if env.incarnation < self.floor:
                 return None
             verdict = Admit.FIRST if self.incarnation is None else Admit.RESTARTED
+            self.unpersisted = None
             if env.incarnation > self.floor and self.path is not None:
-                ensure_dir(self.path.parent)
-                atomic_write_json(self.path, {"peer": self.peer, "incarnation": env.incarnation})
-                self.floor = env.incarnation
+                try:
+                    ensure_dir(self.path.parent)
+                    atomic_write_json(self.path, {"peer": self.peer, "incarnation": env.incarnation})
+                    self.floor = env.incarnation
+                except OSError as e:
+                    self.unpersisted = e
             self.incarnation = env.incarnation
             self._last = {env.stream: env.sequence}
             return verdict

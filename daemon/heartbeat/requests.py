@@ -13,10 +13,17 @@ the retry and the acknowledgement; no separate timers.
 Invariants:
 - A handler runs at most once per (peer incarnation, request id): repeats
   of a request get the stored answer.
+- At most :data:`MAX_OUTSTANDING` handler runs at once (as many as the peer
+  may have outstanding): a request beyond that, which only comes when
+  earlier runs hang, is answered with an error at once. The table of
+  requests stays bounded: answered ones are forgotten oldest first, past
+  a running one too.
 - Requests are only taken from datagrams that prove freshness (the session
   passes nothing else), so a replay cannot re-run an old request.
 - ``call`` raises one of the :class:`RequestError` subclasses, never hangs
   past its timeout, and a late answer after a timeout is ignored.
+- A request voided by the peer's restart is never sent again: the next
+  incarnation only ever sees requests made after it was heard.
 """
 
 from __future__ import annotations
@@ -160,15 +167,20 @@ class RequestChannel:
         for o in list(self._out.values()):
             if not o.future.done():
                 o.future.set_exception(RequestFailed(f"{o.kind}: the peer restarted before answering"))
+        # Not sent again: the callers resume only on a later loop iteration, and a datagram built
+        # meanwhile would carry the void requests to the new incarnation, which would serve them.
+        self._out.clear()
 
     def on_requests(self, msgs: tuple[RequestMsg, ...], now: float) -> None:
+        new = False
         for m in msgs:
             entry = self._in.get(m.rid)
             if entry is not None:
-                entry.last_seen = now
+                entry.last_seen = now  # a repeat: answered with the next heartbeat
                 continue
             if m.rid <= self._in_floor:
                 continue  # answered and forgotten; a late copy must not run it again
+            new = True
             entry = _Incoming(m.rid, m.kind, now)
             self._in[m.rid] = entry
             self._forget_old()
@@ -176,19 +188,28 @@ class RequestChannel:
             if served is None:
                 entry.status, entry.error = "unknown_kind", f"no handler for {m.kind}"
                 continue
+            if len(self._tasks) >= MAX_OUTSTANDING:
+                # The peer never has more outstanding: earlier runs hang (and the peer gave up on
+                # them). Say so at once rather than start one more run with every new request.
+                entry.status, entry.error = "error", f"{len(self._tasks)} earlier peer requests are still running here"
+                continue
             task = asyncio.get_running_loop().create_task(self._serve(entry, m.payload, *served), name=f"peer request {m.kind}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        if msgs:
+        if new:
+            # Only a new request is answered at once. Sending at once for every repeat made two
+            # nodes with requests at each other answer each datagram with one per link, each
+            # carrying a request again: a storm that grew with every round trip.
             self._kick()
 
     def _forget_old(self) -> None:
-        while len(self._in) > REMEMBER:
-            rid, old = next(iter(self._in.items()))
-            if old.status == "accepted":
-                break  # still running: keep it
-            del self._in[rid]
-            self._in_floor = max(self._in_floor, rid)
+        """The oldest answered requests beyond REMEMBER; running ones stay (their answer is to come)."""
+        for rid, old in list(self._in.items()):
+            if len(self._in) <= REMEMBER:
+                break
+            if old.status != "accepted":
+                del self._in[rid]
+                self._in_floor = max(self._in_floor, rid)
 
     async def _serve(self, entry: _Incoming, payload: bytes, payload_type: type[Any], handler: Handler) -> None:
         try:

@@ -220,7 +220,7 @@ class HeartbeatService:
             return
         try:
             data = self.session.datagram(link.index, now, announce)
-        except Exception as e:  # a bug (say, in the runtime's report) must not end the sender
+        except Exception as e:  # a bug in the runtime's report, or a report too large, must not end the sender
             # Nothing is sent rather than a made-up report: to the peer this looks like loss, and a
             # lasting bug makes this node lost (and fenced) instead of misinformed.
             self.send_bugs += 1
@@ -306,11 +306,17 @@ def next_grid(now: float, period: float) -> float:
 async def sleep_until(when: float) -> None:
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[None] = loop.create_future()
-    handle = loop.call_at(when, fut.set_result, None)
+    handle = loop.call_at(when, _wake, fut)
     try:
         await fut
     finally:
         handle.cancel()
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    # The sleeper may have been cancelled in the very iteration its timer fired (a stop under load).
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _set_dscp(transport: asyncio.DatagramTransport, version: int) -> None:
@@ -368,6 +374,7 @@ def status_dict(svc: HeartbeatService) -> dict[str, Any]:
         "links": links,
         "drops": v.drops,
         "unconfirmed": v.unconfirmed,
+        "overtaken": v.overtaken,
         "restarts": v.restarts,
         "longest_silence": _r(v.longest_silence),
         "requests": {"outstanding": s.requests.outstanding(), "served": s.requests.served},

@@ -19,13 +19,23 @@ we cannot read ("incompatible"), and only its body becomes facts. So a
 datagram held back on the way, or recorded and replayed, proves nothing.
 
 Invariants:
-- Never raises on received bytes; a send never fails for lack of room (VM
-  details are shed first, and counted as omitted).
+- Never raises on received bytes. A datagram too large leaves out what can
+  wait (VM details, counted as omitted; the intent record; requests and
+  answers), never another fact of the report; one that cannot fit even
+  then is not built (ValueError) rather than sent cut short.
 - Peer lost = no fresh datagram on any link for ``heartbeat.timeout``,
-  counted from the later of the last fresh datagram and the end of the last
-  loop stall (DESIGN section 3: after a stall the world is observed afresh).
+  counted from the later of the instant the last fresh datagram proves the
+  peer alive (our echoed send time plus the peer's holding time: a datagram
+  held back on the way proves nothing later) and the end of the last loop
+  stall (DESIGN section 3: after a stall the world is observed afresh).
 - A peer that announced ``leaving`` is "left", not "lost"; one that
   announced ``restarting`` is "restarting" until its expected time passed.
+- The peer's facts never go back in time: a body is taken as facts only if
+  the peer sent it (by its own clock, ``sent_us``) no earlier than the
+  newest body taken so far. Sequence numbers order each link only, so a datagram
+  overtaken on another link (a slower path, or one held back by an
+  attacker for less than a timeout) still proves the peer alive, but its
+  report, announcement, intent and requests are older than what we hold.
 """
 
 from __future__ import annotations
@@ -34,17 +44,17 @@ import collections
 import dataclasses
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from .. import logsetup
 from ..config import Config, safety_fingerprint
 from .codec import CodecError
 from .facts import HEARD, Event, LinkView, PeerState, PeerView
-from .identity import LocalIdentity
+from .identity import INCARNATION_FILE, LocalIdentity
 from .intent import IntentStore
 from .keys import Keyring
 from .linkstats import LinkStats
-from .model import Announce, NodeReport, ResourceSummary
+from .model import Announce, IntentRef, NodeReport
 from .replay import Admit, ReplayGuard
 from .requests import RequestChannel
 from .wire import MIN_VERSION, PROTOCOL_VERSION, Drop, Envelope, Heartbeat, decode_body, encode_body, open_datagram, seal
@@ -97,11 +107,15 @@ class Session:
         self.report_at: float | None = None
         self.peer_fingerprint: str | None = None
         self._mismatch_reported = False
+        self._intent_unpersisted: IntentRef | None = None  # the peer's record we could not persist, said once
         self.peer_announce: Announce | None = None
         self.restart_deadline: float | None = None
         self.restarts = 0
         self._old_incarnation: int | None = None
+        self._behind_reported = False  # the peer heard a higher incarnation of this node (said once)
         self._fresh: tuple[int, float] | None = None  # the peer's latest send time (any link), when received
+        self._facts_us: int | None = None  # the peer's send time of the newest body taken as facts
+        self.overtaken = 0  # fresh datagrams older than the facts held: proof of life only
         self.longest_silence = 0.0  # between fresh datagrams while the peer was heard: the margin left to the timeout
         self.events: collections.deque[Event] = collections.deque(maxlen=EVENT_HISTORY)
         self.event_counts: collections.Counter[str] = collections.Counter()
@@ -153,27 +167,21 @@ class Session:
         return self._seal_fitting(env, hb)
 
     def _seal_fitting(self, env: Envelope, hb: Heartbeat) -> bytes:
-        try:
-            return seal(env, encode_body(env.version, hb), self.keys)
-        except ValueError:
-            pass
-        # Too big: shed per-VM detail (the peer then treats those VMs as unknown).
-        res = hb.report.resources
-        vms = list(res.vms)
-        while True:
-            dropped = len(res.vms) - len(vms) + res.vms_omitted
-            smaller = dataclasses.replace(hb, report=dataclasses.replace(
-                hb.report, resources=dataclasses.replace(res, vms=tuple(vms), vms_omitted=dropped)))
+        """The datagram, with what can wait left out until it fits; never a fact of the report.
+
+        Left out in this order: per-VM details (the peer sees ``vms_omitted`` and treats those
+        VMs as unknown), the intent record (its name still rides along; the record follows
+        once there is room), then requests and answers (they ride again in the next datagram).
+        A report that does not fit even then raises ValueError, and nothing is sent: a report
+        cut short would read as "no epoch, no grant, fenced nothing" at the peer.
+        """
+        for candidate in _shedding(hb):
             try:
-                return seal(env, encode_body(env.version, smaller), self.keys)
+                return seal(env, encode_body(env.version, candidate), self.keys)
             except ValueError:
-                if not vms:
-                    break
-                vms.pop()
-        log.error("heartbeat report does not fit a datagram even without VM details; sending the phase only")
-        bare = dataclasses.replace(hb, report=NodeReport(phase=hb.report.phase, resources=ResourceSummary(vms_omitted=len(res.vms))),
-                                   intent=None, requests=(), responses=())
-        return seal(env, encode_body(env.version, bare), self.keys)  # bounded well below the limit
+                continue
+        raise ValueError("this node's report does not fit a heartbeat datagram even without VM details, "
+                         "the intent record, requests and answers (are the node names very long?)")
 
     def _rx_loss(self, now: float) -> tuple[int | None, ...]:
         by_stream: dict[int, int | None] = {}
@@ -201,12 +209,12 @@ class Session:
             self.drops[Drop.WRONG_NODE] += 1
             return
         previous = self.replay.incarnation
-        try:
-            admit = self.replay.admit(env)
-        except OSError as e:
-            log.error("cannot persist the peer's incarnation: %s; dropping the datagram", e)
-            self.drops[Drop.REPLAY] += 1
-            return
+        admit = self.replay.admit(env)
+        if admit is not None and admit is not Admit.SAME and self.replay.unpersisted is not None:
+            log.error("cannot persist %s's incarnation %d in %s: %s; taking its datagrams all the same (after a restart "
+                      "of this daemon, its recordings still fail the freshness proof)", self.ident.peer, env.incarnation,
+                      self.replay.path, self.replay.unpersisted,
+                      extra={"fields": {"CLEVER_REASON": "peer_incarnation_unpersisted", "CLEVER_PEER": self.ident.peer}})
         if admit is None:
             self.drops[Drop.REPLAY] += 1
             if env.incarnation < (self.replay.incarnation or self.replay.floor) and env.incarnation != self._old_incarnation:
@@ -229,20 +237,33 @@ class Session:
                 problem = str(e)
         if hb is not None:
             self._note_peer_sent(link, hb.sent_us, now)  # to echo: harmless even from a stale datagram
+        if env.heard > self.ident.incarnation and not self._behind_reported:
+            self._behind_reported = True  # the peer keeps echoing it: said once
+            path = self.cfg.cluster.state_dir / INCARNATION_FILE
+            log.error("%s last heard incarnation %d of this node, above this run's %d: this node's incarnation went "
+                      "backwards (%s was lost and the clock is behind), so %s drops this node's datagrams as replays. "
+                      "Stop this daemon, write {\"incarnation\": %d} into %s, and start it again",
+                      self.ident.peer, env.heard, self.ident.incarnation, path, self.ident.peer, env.heard, path,
+                      extra={"fields": {"CLEVER_REASON": "own_incarnation_backwards", "CLEVER_PEER": self.ident.peer}})
         if env.heard != self.ident.incarnation or (hb is not None and hb.fresh_us is None):
             # In order, but not (yet) proof that the peer heard this daemon: possibly a recording.
             self.unconfirmed += 1
             return
+        proven = now  # the peer was alive at this instant (our clock) or later
         if hb is not None and hb.fresh_us is not None:
             age = now - hb.fresh_us / 1e6 - hb.fresh_hold_us / 1e6
             if not -CLOCK_SLACK <= age <= self.cfg.heartbeat.timeout:
                 self.drops[Drop.REPLAY] += 1  # held back on the way (or replayed) for longer than a timeout
                 return
+            # It left the peer no earlier than our echoed send time plus the peer's holding time.
+            # Silence counts from there, not from the arrival: a last datagram held back on the
+            # way (for less than a timeout) must not keep a dead peer alive for longer.
+            proven = now - max(0.0, age)
         self.links[link].record(now, env.stream, env.sequence)
         self.links[link].key_name = opened.key.name
         if self.last_valid is not None and self.state in HEARD:
             self.longest_silence = max(self.longest_silence, now - self.last_valid)
-        self.last_valid = now
+        self.last_valid = proven if self.last_valid is None else max(self.last_valid, proven)
         self._link_up(link, now)
         if not readable:
             self.drops[Drop.UNKNOWN_VERSION if env.version > self.max_version else Drop.TOO_OLD_VERSION] += 1
@@ -251,7 +272,7 @@ class Session:
             self.drops[Drop.MALFORMED] += 1
             self._incompatible(now, f"its protocol {env.version} body does not decode here ({problem})")
         else:
-            self._readable(link, env, hb, now)
+            self._readable(link, env, hb, now, proven)
 
     def _note_peer_sent(self, link: int, sent_us: int, now: float) -> None:
         self.links[link].note_peer_sent(sent_us, now)
@@ -261,6 +282,7 @@ class Session:
     def _peer_restarted(self, old: int | None, new: int, now: float, *, first: bool) -> None:
         """A (first or new) peer incarnation: what we knew of the previous one is void."""
         self._fresh = None
+        self._facts_us = None  # the new incarnation's clock may be another boot's
         for ls in self.links:
             ls.reset_peer()
         if first:
@@ -271,30 +293,33 @@ class Session:
         self.requests.peer_restarted()
         self.emit("peer_restarted", now, f"{self.ident.peer} restarted: incarnation {old} -> {new}")
 
-    def _readable(self, link: int, env: Envelope, hb: Heartbeat, now: float) -> None:
+    def _readable(self, link: int, env: Envelope, hb: Heartbeat, now: float, proven: float) -> None:
+        ls = self.links[link]
+        ls.rtt_sample(now, hb.echo_us, hb.hold_us)
+        if env.version >= 2:
+            # Answers to our requests are final once given, so an older copy can only repeat one.
+            self.requests.on_responses(hb.responses)
+        if self._facts_us is not None and hb.sent_us < self._facts_us:
+            # Sent before the body whose facts we hold (overtaken on another link, or held back
+            # on the way): proof of life, but its report, announcement and intent are older.
+            # (An equal time is another link's copy of the same send: the same facts.)
+            self.overtaken += 1
+            self._heard(ls, now)
+            self.requests.available = self.peer_version is not None and self.peer_version >= 2 and self.state in HEARD
+            return
+        self._facts_us = hb.sent_us
         self.peer_version = env.version
         self.peer_boot_id = str(uuid.UUID(bytes=hb.boot_id))
         self.peer_machine_id = None if hb.machine_id is None else str(uuid.UUID(bytes=hb.machine_id))
-        ls = self.links[link]
-        ls.rtt_sample(now, hb.echo_us, hb.hold_us)
         for i, other in enumerate(self.links):
             if i < len(hb.rx_loss) and hb.rx_loss[i] is not None:
                 other.peer_rx_loss = (hb.rx_loss[i] or 0) / 1000
         self.peer_report = hb.report
-        self.report_at = now
-        if hb.announce is None:
-            self.peer_announce = None
-            self.restart_deadline = None
-            self._set_state(PeerState.ALIVE, now, f"{self.ident.peer} is alive (heard on {ls.name})")
-        else:
-            if hb.announce != self.peer_announce:
-                self.peer_announce = hb.announce
-                self.restart_deadline = now + hb.announce.expected if hb.announce.kind == "restarting" else None
-            if hb.announce.kind == "leaving":
-                self._set_state(PeerState.LEFT, now, f"{self.ident.peer} left: it announced a clean stop")
-            else:
-                self._set_state(PeerState.RESTARTING, now,
-                                f"{self.ident.peer} is restarting: expected back within {hb.announce.expected:g} s")
+        self.report_at = proven  # so report_age bounds the report's age from above
+        if hb.announce != self.peer_announce:
+            self.peer_announce = hb.announce
+            self.restart_deadline = now + hb.announce.expected if hb.announce is not None and hb.announce.kind == "restarting" else None
+        self._heard(ls, now)
         if hb.fingerprint != self.peer_fingerprint:
             self.peer_fingerprint = hb.fingerprint
             self._check_fingerprint(now)
@@ -302,15 +327,28 @@ class Session:
         self.requests.available = env.version >= 2 and self.state in HEARD
         if env.version >= 2:
             self.requests.on_requests(hb.requests, now)
-            self.requests.on_responses(hb.responses)
+
+    def _heard(self, ls: LinkStats, now: float) -> None:
+        """A fresh, readable datagram: the peer is alive, or left or restarting as it last announced."""
+        announce = self.peer_announce
+        if announce is None:
+            self._set_state(PeerState.ALIVE, now, f"{self.ident.peer} is alive (heard on {ls.name})")
+        elif announce.kind == "leaving":
+            self._set_state(PeerState.LEFT, now, f"{self.ident.peer} left: it announced a clean stop")
+        else:
+            self._set_state(PeerState.RESTARTING, now,
+                            f"{self.ident.peer} is restarting: expected back within {announce.expected:g} s")
 
     def _take_intent(self, hb: Heartbeat, now: float) -> None:
         was_acked = self.intent.acknowledged
         try:
             adopted = self.intent.offer(hb.intent_ref, hb.intent)
         except OSError as e:
-            log.error("cannot persist the peer's admin intent (version %d): %s; not adopting it", hb.intent_ref.version, e)
+            if hb.intent_ref != self._intent_unpersisted:  # said once per record, not with every datagram offering it
+                self._intent_unpersisted = hb.intent_ref
+                log.error("cannot persist the peer's admin intent (version %d): %s; not adopting it", hb.intent_ref.version, e)
             return
+        self._intent_unpersisted = None
         if adopted:
             rec = self.intent.record
             self.emit("intent_adopted", now, f"admin intent version {rec.version} from {rec.origin} adopted: {rec.describe()}")
@@ -446,4 +484,23 @@ class Session:
             longest_silence=self.longest_silence,
             drops=dict(self.drops),
             unconfirmed=self.unconfirmed,
+            overtaken=self.overtaken,
         )
+
+
+def _shedding(hb: Heartbeat) -> Iterator[Heartbeat]:
+    """``hb``, then smaller copies of it (see :meth:`Session._seal_fitting` for the order)."""
+    yield hb
+    res = hb.report.resources
+    vms = list(res.vms)
+    smaller = hb
+    while vms:
+        vms.pop()
+        smaller = dataclasses.replace(hb, report=dataclasses.replace(hb.report, resources=dataclasses.replace(
+            res, vms=tuple(vms), vms_omitted=res.vms_omitted + len(res.vms) - len(vms))))
+        yield smaller
+    if smaller.intent is not None:
+        smaller = dataclasses.replace(smaller, intent=None)
+        yield smaller
+    if smaller.requests or smaller.responses:
+        yield dataclasses.replace(smaller, requests=(), responses=())

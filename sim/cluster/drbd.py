@@ -12,7 +12,10 @@ Secondary Outdated; a second Primary is refused while Connected; a lone boot
 comes up Consistent (Outdated and worse stay); outdate is refused while
 Connected; reconnecting with diverged data is split brain (both StandAlone);
 a Primary that loses its peer freezes I/O and runs the fence-peer handler,
-and stays frozen when the handler exits other than 3/4/5/7 until resume-io.
+and stays frozen when the handler exits other than 3/4/5/7 until resume-io;
+a disconnected promotion whose peer disk is not known Outdated runs the
+fence-peer handler first and waits for it (DRBD's SS_PRIMARY_NOP retry): it
+goes ahead on 4/7 and is refused with -7 otherwise (``--force`` goes ahead).
 Resync is instantaneous (a simplification: no Inconsistent window).
 """
 
@@ -28,6 +31,9 @@ class Write:
     parent: int
     uuid: int
     images: dict[str, tuple[ImageToken, bool]]   # vm -> (token, consumed)
+
+
+PENDING = "waiting for the fence-peer handler"
 
 
 class DataTree:
@@ -68,6 +74,7 @@ class DrbdNode:
     head: int = 0
     suspended: bool = False
     handler: bool = False            # fence-peer handler running
+    promoting: bool = False          # a `drbdadm primary` waits for the fence-peer handler it started
     split_brain: bool = False
     up: bool = True                  # the node is powered and DRBD configured
     path_lost_at: float | None = None  # when the replication path died while we believed Connected
@@ -160,17 +167,36 @@ class DrbdPair:
 
     # ---------------------------------------------------------------- commands (drbdadm)
     def promote(self, name: str, force: bool) -> str | None:
+        """`drbdadm primary [--force]`: None when Primary, PENDING while it waits for the fence-peer
+        handler (call again), else DRBD's refusal."""
         me, peer = self.n[name], self.n[self.other(name)]
+        if me.promoting:
+            if me.handler:
+                return PENDING
+            me.promoting = False
+            if me.conn is not Conn.CONNECTED and me.peer_disk not in (Disk.OUTDATED, Disk.INCONSISTENT):
+                if not force:
+                    return "(-7) Refusing to be Primary while peer is not outdated"
+                me.peer_disk = Disk.OUTDATED      # "Forced into split brain situation!"
         if me.conn is Conn.CONNECTED and peer.up and peer.role is Role.PRIMARY:
             return "(-1) Multiple primaries not allowed by config"
         if me.disk is not Disk.UP_TO_DATE and not (force and me.disk in (Disk.CONSISTENT, Disk.OUTDATED)):
             return f"(-2) Need access to UpToDate data (disk {me.disk})"
         if me.split_brain:
             return "split brain"
+        if me.conn is not Conn.CONNECTED and me.peer_disk not in (Disk.OUTDATED, Disk.INCONSISTENT):
+            # fencing resource-and-stonith: the peer may hold UpToDate data; fence-peer decides
+            me.promoting = True
+            me.handler = True
+            return PENDING
         me.role = Role.PRIMARY
         if force:
             me.disk = Disk.UP_TO_DATE
         return None
+
+    def promote_abandoned(self, name: str) -> None:
+        """The sequence that asked for the promotion gave up; a late handler answer promotes nothing."""
+        self.n[name].promoting = False
 
     def demote(self, name: str) -> None:
         self.n[name].role = Role.SECONDARY
@@ -228,11 +254,12 @@ class DrbdPair:
         if clean and me.conn is Conn.CONNECTED and other.up and other.conn is Conn.CONNECTED:
             if me.role is Role.SECONDARY:
                 me.disk = Disk.OUTDATED if me.disk is Disk.UP_TO_DATE and other.role is Role.PRIMARY else me.disk
-            self._lose(other_name, other, outdated_peer=me.role is Role.SECONDARY)
+            # the peer learns what the leaving disk really is: Outdated only if it was outdated
+            self._lose(other_name, other, outdated_peer=me.role is Role.SECONDARY and me.disk is Disk.OUTDATED)
         me.up = False
         me.role = Role.SECONDARY
         me.conn = Conn.CONNECTING
-        me.suspended = me.handler = False
+        me.suspended = me.handler = me.promoting = False
         me.path_lost_at = None
 
     def boot(self, name: str) -> None:

@@ -38,6 +38,7 @@ from clever_cluster.policy import (
     gate_valid,
 )
 
+from .drbd import PENDING
 from .fencedev import Attempt, Device, Result
 from .node import Node, SeqRun
 
@@ -54,6 +55,7 @@ class ExecutorModel:
 
     if TYPE_CHECKING:
         t: float
+        tick: float
         timing: Timing
         nodes: dict[str, Node]
         drbd: DrbdPair
@@ -174,6 +176,9 @@ class ExecutorModel:
             self._seq_end(n, ok=False, detail=f"gate {sq.gate} no longer valid before {op}")
             return
         err = self._run_step(n, sq, op, args)
+        if err == PENDING:
+            sq.next_at = self.t + self.tick    # `drbdadm primary` still waits for the fence-peer handler
+            return
         if err is not None:
             self._seq_end(n, ok=False, detail=f"{op}: {err}")
             return
@@ -186,6 +191,7 @@ class ExecutorModel:
         sq = n.seq
         assert sq is not None
         if not ok:
+            self.drbd.promote_abandoned(n.name)
             for op in reversed(sq.undo):
                 self._undo(n, op)
         n.last_result = SequenceResult(sq.kind, sq.gate, ok, self.t, detail)

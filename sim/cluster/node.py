@@ -70,6 +70,7 @@ class Node:
         self.keys: tuple[str, ...] = ("k1",)
         self.shutting_down = False
         self.reboot_after_stop = False
+        self.stays_off_after_stop = False      # a clean shutdown rather than a reboot
         self.announce_restart_until: float | None = None
         self.heard_boot: str | None = None   # ground truth for the oracle: a valid heartbeat reached this boot
         self.reset_daemon_memory()
@@ -95,6 +96,7 @@ class Node:
         self.fresh: FreshProbe | None = None
         self.probe_due: float | None = None
         self.stalled = False
+        self.free_since: float | None = None   # for the oracle: the first decision after MAINTENANCE or BLOCKED
         self.seq: SeqRun | None = None
         self.last_result: SequenceResult | None = None
         self.attempt: Attempt | None = None

@@ -56,8 +56,12 @@ def _holds(f: Facts) -> bool:
             or any(v.state.value in ("running", "paused") for v in r.vms))
 
 
-def check_decision(prev: PolicyState, f: Facts, s: Settings, d: Decision, *, heard_this_boot: bool) -> list[str]:
-    """Violations of S1-S9 by the actions of one decision."""
+def check_decision(prev: PolicyState, f: Facts, s: Settings, d: Decision, *, heard_this_boot: bool,
+                   free_since: float | None = None) -> list[str]:
+    """Violations of S1-S9 by the actions of one decision. ``free_since``: when this node last
+    stopped being kept from fencing (it left maintenance or BLOCKED); the priority delay counts from
+    the later of that and the loss, so that a loss that began while it could not act is not a head
+    start in a fence race."""
     out: list[str] = []
     rep = f.peer.report
     age = _min_age(f)
@@ -105,13 +109,15 @@ def check_decision(prev: PolicyState, f: Facts, s: Settings, d: Decision, *, hea
                     out.append(f"S7: fence without a fresh reachable gateway probe taken since the loss at {loss_start:.2f} (probe {fr})")
                 if f.drbd.disk is not Disk.UP_TO_DATE or f.drbd.config_safe is not True or f.drbd.split_brain or (banned and not holds):
                     out.append(f"S8: fence although this node could not take over (disk {f.drbd.disk}, config safe {f.drbd.config_safe}, banned {banned})")
-                g = prev.durable.grant_out
-                peer_active = rep is not None and (rep.holds or rep.phase in ACTIVE or (g is not None and rep.ack == g.grant_id))
+                # the grantee of an outstanding grant counts as active from its acknowledgement, heard or not
+                peer_active = rep is not None and (rep.holds or rep.phase in ACTIVE or prev.durable.grant_out is not None)
                 me_active = holds or (ann is not None and ann.ack is not None)
                 first = f.fencing.attempt is None or f.fencing.attempt.episode != a.episode   # the delay comes before the first attempt only
+                waited_from = max(loss_start, free_since if free_since is not None else loss_start)
                 if first and peer_active and not me_active and not f.fencing.peer_reported_off and age is not None \
-                        and age < s.heartbeat_timeout + s.priority_delay - 1e-9:
-                    out.append(f"priority delay: fenced an active peer {age - s.heartbeat_timeout:.2f}s after the loss (< {s.priority_delay:g}s)")
+                        and f.now - waited_from < s.priority_delay - 1e-9:
+                    out.append(f"priority delay: fenced an active peer {f.now - waited_from:.2f}s after the loss"
+                               f"{' (counted from when this node could act)' if waited_from > loss_start else ''} (< {s.priority_delay:g}s)")
         if isinstance(a, DisconnectDrbd) and not records:
             out.append("S1b: DRBD disconnected without a fence record of the current episode")
         if isinstance(a, OutdateLocalDisk) and f.drbd.role is Role.PRIMARY:

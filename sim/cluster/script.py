@@ -61,6 +61,8 @@ def apply(w: World, c: Command) -> str:
             w.restart_daemon(a[0])
         case "reboot":
             w.clean_reboot(a[0])
+        case "shutdown":
+            w.clean_reboot(a[0], power_on=False)
         case "cut":
             w.cut(a[0], a[2] if len(a) > 2 and a[1] == "from" else None)
         case "heal":

@@ -237,11 +237,14 @@ class World(ExecutorModel):
             n.daemon = "stopped"
             n.restart_at = self.t + self.timing.daemon_restart
 
-    def clean_reboot(self, name: str) -> None:
+    def clean_reboot(self, name: str, power_on: bool = True) -> None:
+        """A clean reboot (or, ``power_on=False``, a clean shutdown): the daemon stops cleanly, then
+        DRBD goes down gracefully and the power goes off."""
         n = self.nodes[name]
         if n.alive:
             n.shutting_down = True
             n.reboot_after_stop = True
+            n.stays_off_after_stop = not power_on
 
     # ================================================================ DRBD
     def _path_ok(self) -> bool:
@@ -463,14 +466,14 @@ class World(ExecutorModel):
             parts.append((
                 n.powered, n.boot_seq, n.boot_at, n.daemon, n.restart_at, n.hang_until, n.incarnation, n.state,
                 tuple(n.records), tuple(sorted(n.fail_counts.items())), tuple((k, v.state, v.cause) for k, v in n.vms.items()),
-                n.mounted, n.ip, n.proto, n.keys, n.shutting_down, n.reboot_after_stop, n.announce_restart_until, n.heard_boot,
+                n.mounted, n.ip, n.proto, n.keys, n.shutting_down, n.reboot_after_stop, n.stays_off_after_stop, n.announce_restart_until, n.heard_boot,
                 tuple(sorted(n.last_heard.items())), n.report, n.incompatible_at, n.unauth_at, n.gw_score, n.gw_candidate,
-                n.gw_candidate_since, n.gw_next_probe, n.fresh, n.probe_due, n.stalled,
+                n.gw_candidate_since, n.gw_next_probe, n.fresh, n.probe_due, n.stalled, n.free_since,
                 None if sq is None else (sq.kind, sq.gate, sq.index, sq.next_at, sq.started_at, sq.origin),
                 n.last_result, None if at is None else (at.episode, at.started_at, at.level, at.device, at.op_end, at.level_ok, at.running, at.finished_at, at.detail),
                 n.failures, n.failures_episode,
                 dn.role, dn.disk, dn.conn, dn.peer_disk, dn.peer_role, self.tree.uuid(head), tuple(sorted(self.tree.writes[head].images.items())),
-                missing, dn.suspended, dn.handler, dn.split_brain, dn.up, dn.path_lost_at, dn.config_safe, dn.connected_at,
+                missing, dn.suspended, dn.handler, dn.promoting, dn.split_brain, dn.up, dn.path_lost_at, dn.config_safe, dn.connected_at,
             ))
         parts.append(self.drbd.n[self.names[0]].head == self.drbd.n[self.names[1]].head)
         parts.append(tuple(sorted(self.oracle.consumed)))
@@ -482,8 +485,10 @@ class World(ExecutorModel):
         prev = n.state
         s = self.settings[n.name]
         d: Decision = step(prev, facts, s, mutations=self.mutations)
-        for v in oracle_mod.check_decision(prev, facts, s, d, heard_this_boot=n.heard_boot == n.boot_id):
+        for v in oracle_mod.check_decision(prev, facts, s, d, heard_this_boot=n.heard_boot == n.boot_id, free_since=n.free_since):
             self.oracle.fail(self.t, "rule", f"{n.name}: {v} [{d.reason}]")
+        if d.phase in (Phase.MAINTENANCE, Phase.BLOCKED):
+            n.free_since = self.t + self.tick      # kept from fencing at least until the next decision
         if d.state.durable != n.durable:
             n.durable = d.state.durable       # persisted before acting
         n.state = d.state
@@ -502,8 +507,9 @@ class World(ExecutorModel):
         self._daemon_gone(n)
         if n.reboot_after_stop:
             n.reboot_after_stop = False
-            self.power_off(n.name, clean=True, reason="clean reboot")
-            self.power_on(n.name)
+            self.power_off(n.name, clean=True, reason="clean shutdown" if n.stays_off_after_stop else "clean reboot")
+            if not n.stays_off_after_stop:
+                self.power_on(n.name)
         else:
             n.daemon = "stopped"
 

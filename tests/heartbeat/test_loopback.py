@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
+import itertools
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,32 @@ class LossyForwarder(asyncio.DatagramProtocol):
         self.n += 1
         if self.n % 10 >= self.drop_tenths and self.transport is not None:
             self.transport.sendto(data, self.target)
+
+
+class DelayingForwarder(asyncio.DatagramProtocol):
+    """Forwards every datagram to ``target`` after ``delay`` seconds (a slow link, or an attacker holding it back)."""
+
+    def __init__(self, target: tuple[str, int], delay: float) -> None:
+        self.target = target
+        self.delay = delay
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        asyncio.get_running_loop().call_later(self.delay, self._forward, data)
+
+    def _forward(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(data, self.target)
+
+
+def via(cfg: Config, link: int, address: str) -> Config:
+    """``cfg`` with its datagrams on ``link`` sent to ``address`` (where a forwarder listens) instead of the peer."""
+    links = list(cfg.heartbeat.link)
+    links[link] = dataclasses.replace(links[link], peer=ipaddress.ip_address(address))
+    return dataclasses.replace(cfg, heartbeat=dataclasses.replace(cfg.heartbeat, link=tuple(links)))
 
 
 async def test_liveness_rtt_and_loss_per_link(tmp_path: Path) -> None:
@@ -271,3 +298,72 @@ async def test_a_failing_report_sends_nothing_but_does_not_stop_the_sender(pair:
     finally:
         await s1.stop()
         await s2.stop()
+
+
+async def test_a_link_held_back_never_rolls_the_peer_report_back(tmp_path: Path) -> None:
+    """node2's datagrams on lo1 reach node1 0.45 s late (under the timeout, so each one is fresh),
+    those on lo2 at once. node2's report carries a number that only grows (its clock in ms); what
+    node1 holds as node2's report must never go back to an older one."""
+    pair = make_pair(tmp_path / "lab")
+    port = pair.cfg1.heartbeat.port
+    n = Nodes(pair)
+    n.cfg[2] = via(pair.cfg2, 0, "127.0.0.13")
+    loop = asyncio.get_running_loop()
+    fwd, _ = await loop.create_datagram_endpoint(lambda: DelayingForwarder(("127.0.0.11", port), 0.45),
+                                                 local_addr=("127.0.0.13", port))
+    t0 = loop.time()
+
+    def ticking() -> NodeReport:
+        return NodeReport(phase="PRIMARY", gateway_score=int((loop.time() - t0) * 1000))
+
+    try:
+        s1 = await n.start(1)
+        s2 = HeartbeatService.open(n.cfg[2], ticking)
+        await s2.start()
+        n.svc[2] = s2
+        await both_alive(n)
+        await until(lambda: s1.view().links[0].up and s1.view().links[1].up, 5, "both links up at node1")
+        seen: list[int] = []
+        for _ in range(150):  # about 1.5 s: the late link delivers some 15 datagrams meanwhile
+            report = s1.view().report
+            assert report is not None and report.gateway_score is not None
+            seen.append(report.gateway_score)
+            await asyncio.sleep(0.01)
+        back = [(x, y) for x, y in itertools.pairwise(seen) if y < x]
+        assert not back, f"node2's report went back in time at node1 {len(back)} times, e.g. {back[:3]}"
+        assert s1.view().state is PeerState.ALIVE and s1.status()["overtaken"] > 0
+    finally:
+        fwd.close()
+        await n.close()
+
+
+async def test_requests_outstanding_both_ways_do_not_start_a_datagram_storm(nodes: Nodes) -> None:
+    """Each node has a request running at the other. A datagram carrying a request used to make
+    its receiver send on every link at once, and those datagrams carried its own request: with
+    two links, a ping-pong that doubled every round trip and kept both loops busy until the
+    handlers returned."""
+    s1 = await nodes.start(1)
+    s2 = await nodes.start(2)
+
+    async def slow(req: OutdateRequest) -> OutdateResult:
+        await asyncio.sleep(1.0)
+        return OutdateResult(outdated=True)
+
+    s1.requests.register(OUTDATE_DISK, slow)
+    s2.requests.register(OUTDATE_DISK, slow)
+    await both_alive(nodes)
+    await until(lambda: s1.requests.available and s2.requests.available, 5, "requests available")
+    loop = asyncio.get_running_loop()
+
+    def sent() -> int:
+        return sum(ln.sent for svc in (s1, s2) for ln in svc.links)
+
+    before, t0 = sent(), loop.time()
+    results = await asyncio.gather(s1.requests.call(OUTDATE_DISK, OutdateRequest(resource="r0"), 10.0),
+                                   s2.requests.call(OUTDATE_DISK, OutdateRequest(resource="r0"), 10.0))
+    elapsed = loop.time() - t0
+    assert results == [OutdateResult(outdated=True)] * 2
+    # The heartbeats (2 nodes x 2 links per interval), plus a few sends at once per request
+    # (ask, accept, answer) on each link.
+    cadence = 2 * 2 * (elapsed / nodes.cfg[1].heartbeat.interval + 1)
+    assert sent() - before <= cadence + 2 * 2 * 6, f"{sent() - before} datagrams in {elapsed:.2f} s"
