@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_message_ids_are_stable_and_distinct() -> None:
     # The namespace never changes: a saved journalctl query keeps working across versions.
-    assert NAMESPACE == uuid.UUID("5b0c7a5e-3f6d-4c1e-9a8b-c1e7e2c1a5f0")
+    assert uuid.UUID("5b0c7a5e-3f6d-4c1e-9a8b-c1e7e2c1a5f0") == NAMESPACE
     assert message_id("peer_lost_fencing") == uuid.uuid5(NAMESPACE, "peer_lost_fencing").hex
     ids = {message_id(c.value) for c in Code}
     assert len(ids) == len(Code) and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
