@@ -197,7 +197,7 @@ def view(report: hm.NodeReport | None, **kw: Any) -> PeerView:
         intent_acknowledged=True, intent_superseded=None,
         links=(LinkView("hb0", True, NOW - 0.05, 0.05, 0.0, 0.0, None, None, "key_file"),
                LinkView("hb1", False, None, None, None, None, None, None, None)),
-        restarts=0, longest_silence=0.1, drops={}, unconfirmed=0)
+        restarts=0, longest_silence=0.1, drops={}, unconfirmed=0, overtaken=0)
     base.update(kw)
     return PeerView(**base)
 
