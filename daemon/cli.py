@@ -21,7 +21,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import clilocal, clirender
 from . import config as config_mod
@@ -241,8 +241,34 @@ VERBS: dict[str, tuple[Callable[[Context], int], str]] = {
 JSON_VERBS = set(VERBS) - {"fence-peer", "unfence-peer", "reload", "daemon-restart"}
 
 
+def _decisions(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= n <= 200:
+        raise argparse.ArgumentTypeError(f"{n} is not from 1 to 200")
+    return n
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (what is wrong, and where the help is) and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+EPILOG = """exit codes: 0 ok; 1 refused or failed (the reason is one line on stderr; also
+check problems); 2 usage (the command line is wrong); 3 the daemon is
+unreachable (status then shows what this node can read locally).
+fence-peer/unfence-peer are DRBD's handlers and exit with DRBD's codes.
+Every read verb (status, why, history, check, split-brain) and every verb
+that changes something takes --json. See docs/operations.md."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="clevervm", description="Operate the clever-cluster two-node HA cluster.")
+    p = _Parser(prog="clevervm", description="Operate the clever-cluster two-node HA cluster.", epilog=EPILOG,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=f"configuration file (default {DEFAULT_CONFIG})")
     p.add_argument("--socket", type=Path, help="control socket (default: from the configuration)")
     sub = p.add_subparsers(dest="verb", metavar="VERB")
@@ -251,7 +277,7 @@ def _parser() -> argparse.ArgumentParser:
         if name in JSON_VERBS:
             sp.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "history":
-            sp.add_argument("--decisions", type=int, default=50, help="how many recent decisions (1..200)")
+            sp.add_argument("--decisions", type=_decisions, default=50, help="how many recent decisions (1..200)")
         elif name == "migrate":
             sp.add_argument("--lifetime", help="the ban expires after this long (e.g. 30m, 2h)")
             sp.add_argument("--force", action="store_true", help="ban even when the pre-flight fails")
