@@ -412,13 +412,25 @@ def render_check(c: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _generation(g: Any) -> str:
+    """DRBD's generation identifiers as `drbdadm show-gi` names them."""
+    if not isinstance(g, dict):
+        return "-"
+    if g.get("error"):
+        return f"unreadable ({g['error']})"
+    hist = ":".join(map(str, _list(g, "history"))) or "-"
+    return f"current {_s(g.get('current'))}, bitmap {_s(g.get('bitmap'))}, history {hist}"
+
+
 def render_split_brain(s: dict[str, Any]) -> str:
-    here, there = s["this_node"], s["peer"]
+    here, there = _dict(s, "this_node"), _dict(s, "peer")
     lines = [("SPLIT BRAIN reported" if s.get("split_brain") else "no split brain reported by DRBD"),
-             f"  {here['node']} (here): role {here['role']} disk {here['disk']} epoch {here['epoch']} generation {here['generation']}",
-             f"  {there['node']}: {there['heard']}, role {there['role']} disk {there['disk']} epoch {there['epoch']} data {there['data_uuid']}",
+             f"  {_s(here.get('node'))} (here): role {_s(here.get('role'))}, disk {_s(here.get('disk'))}, epoch {_s(here.get('epoch'))}, "
+             f"generation {_generation(here.get('generation'))}",
+             f"  {_s(there.get('node'))}: {_s(there.get('heard'))}, role {_s(there.get('role'))}, disk {_s(there.get('disk'))}, "
+             f"epoch {_s(there.get('epoch'))}, data {_s(there.get('data_uuid'))}",
              f"newer data: {s.get('newer_data') or 'unknown'} ({s.get('why')})", "recovery:"]
-    lines += [f"  {x}" for x in s.get("recovery", [])]
+    lines += [f"  {x}" for x in _list(s, "recovery")]
     if s.get("ran"):
         lines.append("ran: " + "; ".join(s["ran"]))
     if s.get("next"):
