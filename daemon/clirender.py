@@ -123,7 +123,8 @@ def _nodes_(st: dict[str, Any]) -> list[str]:
         score = f"{_s(n.get('gateway_score'))}/{_s(max_score)}"
         lines.append(f"Node {_s(n.get('name'))}: {online} {_s(n.get('phase'))}  epoch {_s(n.get('epoch'))}  "
                      f"gateway score {score}" + ("" if n.get("eligible") is not False else "  (not eligible)"))
-        lines.append("  " + "  ".join(_res_cols(n)))
+        stale = not n.get("self") and not n.get("online")
+        lines.append(("  as last heard: " if stale else "  ") + "  ".join(_res_cols(n)))
     lines.append("Inactive resources: " + (", ".join(_inactive(nodes)) or "none"))
     counts = []
     for n in nodes:

@@ -82,6 +82,7 @@ def test_degraded_parts_are_shown_as_such() -> None:
     text = clirender.render_status(doc)
     for want in [
         "Node node2: OFFLINE (lost)  phase when last heard SECONDARY",
+        "  as last heard: res_drbd Secondary  res_Filesystem Stopped",
         "Inactive resources: plc2",  # running nowhere that is online
         "Fail counts: node1 none; node2 plc1=2",
         "SyncSource Primary/Secondary UpToDate/UpToDate (Established) sync 42.5% done out-of-sync 2048 KiB",
