@@ -134,6 +134,18 @@ def cmd_node_verb(cmd: str) -> Callable[[Context], int]:
 
 
 def cmd_maintenance(ctx: Context) -> int:
+    if ctx.args.offline:
+        if ctx.args.state != "on":
+            raise UsageError("--offline exists only for maintenance on (the daemon itself leaves maintenance, after its checks)")
+        try:
+            ctx.call("ping", timeout=3.0)
+        except DaemonUnreachable as e:
+            try:
+                print(clilocal.maintenance_on_offline(ctx.args.config, str(e)))
+            except clilocal.OfflineRefused as r:
+                raise CommandFailed(str(r), "refused") from None
+            return EXIT_OK
+        raise CommandFailed("the daemon is running: use clevervm maintenance on (without --offline)", "refused")
     got = ctx.call("maintenance", on=ctx.args.state == "on")
     print(json.dumps(got, indent=2, sort_keys=True) if ctx.json else _next(got))
     return EXIT_OK
@@ -285,6 +297,8 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("node", nargs="?", help="node name (default: this node)")
         elif name == "maintenance":
             sp.add_argument("state", choices=("on", "off"))
+            sp.add_argument("--offline", action="store_true",
+                            help="with the daemon stopped: write maintenance on into its state, so it starts observing only")
         elif name == "cleanup":
             sp.add_argument("vm", nargs="?", help="only this VM")
         elif name == "fence":

@@ -8,8 +8,10 @@ says "daemon not running"; `clevervm status` exits 3 with it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +145,36 @@ def _size(n: Any) -> str:
             return f"{x:.0f}{unit}" if unit in ("B", "K") else f"{x:.1f}{unit}"
         x /= 1024
     return f"{x:.1f}T"
+
+
+class OfflineRefused(Exception):
+    pass
+
+
+def maintenance_on_offline(config_path: Path, unreachable: str) -> str:
+    """`clevervm maintenance on --offline`: put the admin intent in maintenance while the daemon does not run.
+
+    Used when moving from Pacemaker (docs/migration.md): the daemon's first
+    start then only observes and adopts what runs. Only ``on`` exists offline
+    (the safe direction), and only when no daemon answers: a daemon that
+    runs would overwrite the file from its memory, so the control socket
+    must be absent or refuse connections (a hung daemon still accepts).
+    """
+    from .heartbeat.intent import IntentError, IntentStore
+
+    if not unreachable.startswith("daemon not running") and "Connection refused" not in unreachable:
+        raise OfflineRefused(f"--offline only while the daemon is stopped; it is there but does not answer ({unreachable})")
+    try:
+        cfg = config_mod.load(config_path, check_files=False)
+    except config_mod.ConfigError as e:
+        raise OfflineRefused(e.report()) from None
+    store = IntentStore(cfg.cluster.state_dir, cfg.cluster.node)
+    try:
+        rec = store.load()
+        if rec.maintenance:
+            return f"already in maintenance (admin intent version {rec.version} in {store.path}); nothing changed"
+        new = store.change(lambda r: dataclasses.replace(r, maintenance=True), time.time())
+    except (IntentError, OSError) as e:
+        raise OfflineRefused(f"cannot write the admin intent: {e}") from None
+    return (f"maintenance on written to {store.path} (admin intent version {new.version}); the daemon starts observing only, "
+            "and adopts what runs; the peer takes the record when they meet")
