@@ -371,44 +371,66 @@ def render_heartbeat(hb: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _val(v: Any) -> str:
+    """An input value for people: no Python reprs."""
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_val(x)}" for k, x in v.items()) or "none"
+    if isinstance(v, list):
+        return "; ".join(_val(x) for x in v) or "none"
+    return str(v)
+
+
 def render_why(w: dict[str, Any]) -> str:
-    d = w.get("decision")
-    if d is None:
-        return "No decision yet: waiting for the first observation of " + ", ".join(w.get("waiting_for") or ["the parts"])
-    lines = [f"{d['phase']}: {d['sentence']}", f"reason {d['code']} (since {_ts(d.get('since'))}): {d['meaning']}",
-             f"active node: {w.get('active_node') or 'none'} ({w.get('active_why')})"]
-    if w.get("not_active_because"):
+    d = _dict(w, "decision")
+    if not d:
+        return "No decision yet: waiting for the first observation of " + ", ".join(map(str, _list(w, "waiting_for") or ["the parts"]))
+    lines = [f"{_s(d.get('phase'))}: {_s(d.get('sentence'))}",
+             f"reason {_s(d.get('code'))} (since {_ts(d.get('since'))}): {_s(d.get('meaning'))}",
+             f"active node: {w.get('active_node') or 'none'} ({_s(w.get('active_why'))})"]
+    if _list(w, "not_active_because"):
         lines.append("not active here because:")
-        lines += [f"  - {x}" for x in w["not_active_because"]]
+        lines += [f"  - {x}" for x in _list(w, "not_active_because")]
     lines.append("inputs that mattered:")
-    for group in w.get("mattered", []):
+    for group in _list(w, "mattered"):
         lines.append(f"  {group}:")
-        for k, v in (w["inputs"].get(group) or {}).items():
-            lines.append(f"    {k}: {v}")
+        for k, v in _dict(w, "inputs", str(group)).items():
+            lines.append(f"    {k}: {_val(v)}")
     return "\n".join(lines)
 
 
 def render_history(h: dict[str, Any]) -> str:
     lines = ["Recent decisions:"]
-    for d in h.get("decisions", []):
-        lines.append(f"  {_ts(d['wall'])} {d['phase']:<11} {d['code']}: {d['sentence']}")
-    for t in h.get("timelines", []):
-        lines.append(f"Timeline {t['kind']} started {_ts(t['started_at'])}: {t['outcome']}"
-                     + (f", {t['total_seconds']:.2f} s" if t.get("total_seconds") is not None else ""))
-        for p in t["phases"]:
-            lines.append(f"  {p['from']} -> {p['to']}: {p['seconds']:.3f} s")
-        for s in t["sequences"]:
-            steps = ", ".join(f"{x['action']} {x['step']} {x['seconds']:.2f}s" for x in s["steps"])
-            lines.append(f"  {s['kind']} sequence {s['outcome']}: {steps}")
+    for d in _list(h, "decisions"):
+        if isinstance(d, dict):
+            lines.append(f"  {_ts(d.get('wall'))} {_s(d.get('phase')):<11} {_s(d.get('code'))}: {_s(d.get('sentence'))}")
+    for t in _list(h, "timelines"):
+        if not isinstance(t, dict):
+            continue
+        total = t.get("total_seconds")
+        lines.append(f"Timeline {_s(t.get('kind'))} started {_ts(t.get('started_at'))}: {_s(t.get('outcome'))}"
+                     + (f", {total:.2f} s" if isinstance(total, (int, float)) else ""))
+        for ph in _list(t, "phases"):
+            if isinstance(ph, dict):
+                lines.append(f"  {_s(ph.get('from'))} -> {_s(ph.get('to'))}: {_num(ph.get('seconds'), '{:.3f}', ' s')}")
+        for sq in _list(t, "sequences"):
+            if isinstance(sq, dict):
+                steps = ", ".join(f"{_s(x.get('action'))} {_s(x.get('step'))} {_num(x.get('seconds'), '{:.2f}', 's')}"
+                                  for x in _list(sq, "steps") if isinstance(x, dict))
+                lines.append(f"  {_s(sq.get('kind'))} sequence {_s(sq.get('outcome'))}: {steps}")
     return "\n".join(lines)
 
 
 def render_check(c: dict[str, Any]) -> str:
     marks = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
-    lines = [f"[{marks.get(ln['severity'], ln['severity'])}] {ln['area']}: {ln['text']}" for ln in c.get("lines", [])]
-    pf = c.get("predicted_failover") or {}
+    lines = [f"[{marks.get(str(ln.get('severity')), _s(ln.get('severity')))}] {_s(ln.get('area'))}: {_s(ln.get('text'))}"
+             for ln in _list(c, "lines") if isinstance(ln, dict)]
+    pf = _dict(c, "predicted_failover")
     if pf:
-        lines.append(f"predicted failover: {pf.get('text')}")
+        lines.append(f"predicted failover: {_s(pf.get('text'))}")
     lines.append("check passed" if c.get("ok") else "check FAILED: fix the FAIL lines")
     return "\n".join(lines)
 

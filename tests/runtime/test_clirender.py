@@ -126,3 +126,44 @@ def test_the_local_view_says_the_daemon_is_not_running() -> None:
     assert "Floating IP 192.0.2.5/24: here" in text and "Name: plc1 State: running Managed save: no" in text
     for path in list(paths(st)):
         assert clilocal.render_local(replaced(st, path, None)).startswith("*** daemon not running"), path
+
+
+WHY = {"schema": 1, "node": "node2", "decision": {"code": "no_action_secondary", "phase": "SECONDARY", "sentence": "standby",
+                                                  "since": 1.0, "meaning": "Standby; the peer is active."},
+       "active_node": "node1", "active_why": "node1 reports phase PRIMARY", "not_active_because": ["node1 is active"],
+       "mattered": ["peer"], "inputs": {"peer": {"links_silent_seconds": {"hb0": 0.007, "hb1": 0.008}, "phase": None,
+                                                 "heard_this_boot": True, "fence_failures": 0, "standby": []}}}
+
+
+def test_why_shows_inputs_without_python_reprs() -> None:
+    text = clirender.render_why(WHY)
+    assert "reason no_action_secondary" in text and "  - node1 is active" in text
+    assert "links_silent_seconds: hb0 0.007, hb1 0.008" in text and "phase: -" in text and "heard_this_boot: yes" in text
+    assert "standby: none" in text and "{" not in text and "None" not in text
+    for path in list(paths(WHY)):
+        for value in (None, "garbled", 3):
+            clirender.render_why(replaced(WHY, path, value))  # never raises
+    assert clirender.render_why({}).startswith("No decision yet")
+
+
+HISTORY = {"schema": 1, "node": "node1",
+           "decisions": [{"wall": 1.0, "phase": "FENCING", "code": "peer_lost_fencing", "sentence": "fencing node2"}],
+           "timelines": [{"kind": "failover", "started_at": 1.0, "outcome": "active here", "total_seconds": 10.37,
+                          "phases": [{"from": "peer_lost", "to": "fence_started", "seconds": 2.102}],
+                          "sequences": [{"kind": "start", "outcome": "succeeded",
+                                         "steps": [{"action": "start", "step": "drbd", "seconds": 3.4}]}]}]}
+CHECK = {"ok": False, "lines": [{"severity": "fail", "area": "cluster stack", "text": "corosync runs"}],
+         "predicted_failover": {"text": "worst case 303 s"}}
+
+
+def test_history_and_check_render_and_never_raise() -> None:
+    text = clirender.render_history(HISTORY)
+    assert "FENCING     peer_lost_fencing: fencing node2" in text and "Timeline failover started" in text
+    assert "active here, 10.37 s" in text and "peer_lost -> fence_started: 2.102 s" in text
+    assert "start sequence succeeded: start drbd 3.40s" in text
+    text = clirender.render_check(CHECK)
+    assert "[FAIL] cluster stack: corosync runs" in text and text.endswith("check FAILED: fix the FAIL lines")
+    for doc, render in ((HISTORY, clirender.render_history), (CHECK, clirender.render_check)):
+        for path in list(paths(doc)):
+            for value in (None, "garbled", 3, {}):
+                render(replaced(doc, path, value))  # never raises
