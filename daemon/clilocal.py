@@ -53,15 +53,20 @@ def _vms(cfg: config_mod.Config, mounted: bool) -> dict[str, Any]:
     return {"vms": vms, "save_images": images}
 
 
-def _usage(mountpoint: Path) -> dict[str, Any] | None:
-    try:
-        st = os.statvfs(mountpoint)
-    except OSError:
-        return None
+def disk_usage(mountpoint: Path | str) -> dict[str, Any]:
+    """Size, used, free (for unprivileged writers) and used percent as `df` shows them; OSError when unreadable."""
+    st = os.statvfs(mountpoint)
     size, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
     used = size - st.f_bfree * st.f_frsize
     return {"size_bytes": size, "used_bytes": used, "free_bytes": free,
             "percent": round(100.0 * used / (used + free), 1) if used + free else 0.0}
+
+
+def _usage(mountpoint: Path) -> dict[str, Any] | None:
+    try:
+        return disk_usage(mountpoint)
+    except OSError:
+        return None
 
 
 def local_status(config_path: Path) -> dict[str, Any]:
@@ -91,6 +96,14 @@ def _g(d: Any, key: str) -> Any:
     return d.get(key) if isinstance(d, dict) else None
 
 
+def _tri(part: Any, key: str, yes: str, no: str, failed: str) -> str:
+    """A local reading: its error, yes, no, or not known."""
+    if _g(part, "error"):
+        return f"{failed}: {part['error']}"
+    got = _g(part, key)
+    return "not known" if got is None else (yes if got else no)
+
+
 def render_local(st: dict[str, Any]) -> str:
     """The local view under its banner; a part that is missing or null shows as such, never a traceback."""
     lines = [f"*** daemon not running: clever-clusterd does not answer on this node; what {_g(st, 'node') or 'it'} "
@@ -102,11 +115,7 @@ def render_local(st: dict[str, Any]) -> str:
     lines.append(f"DRBD {_g(d, 'resource') or '-'}: role {_g(d, 'role') or '-'}, connection {_g(d, 'cstate') or '-'}, "
                  f"disks {_g(d, 'dstate') or '-'}")
     fs = _g(st, "filesystem")
-    where = "not known"
-    if _g(fs, "error"):
-        where = f"cannot read the mount table: {fs['error']}"
-    elif _g(fs, "mounted") is not None:
-        where = "mounted here" if fs["mounted"] else "not mounted here"
+    where = _tri(fs, "mounted", "mounted here", "not mounted here", "cannot read the mount table")
     use = _g(fs, "usage")
     if isinstance(use, dict):
         pct = use.get("percent")
@@ -114,12 +123,7 @@ def render_local(st: dict[str, Any]) -> str:
                   + (f"{pct:.0f}%" if isinstance(pct, (int, float)) else "-"))
     lines.append(f"Filesystem {_g(fs, 'mountpoint') or '-'} {_g(fs, 'fstype') or '-'}: {where}")
     ip = _g(st, "ip")
-    here = "not known"
-    if _g(ip, "error"):
-        here = f"cannot read: {ip['error']}"
-    elif _g(ip, "present") is not None:
-        here = "here" if ip["present"] else "not here"
-    lines.append(f"Floating IP {_g(ip, 'address') or '-'}: {here}")
+    lines.append(f"Floating IP {_g(ip, 'address') or '-'}: {_tri(ip, 'present', 'here', 'not here', 'cannot read')}")
     lv = _g(st, "libvirt")
     lines.append("Virtual machines:")
     vms = _g(lv, "vms")
