@@ -266,6 +266,10 @@ def _decisions(text: str) -> int:
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (what is wrong, and where the help is) and exit 2."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.verb_parsers: dict[str, argparse.ArgumentParser] = {}
+
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
@@ -278,7 +282,7 @@ Every read verb (status, why, history, check, split-brain) and every verb
 that changes something takes --json. See docs/operations.md."""
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> _Parser:
     p = _Parser(prog="clevervm", description="Operate the clever-cluster two-node HA cluster.", epilog=EPILOG,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=f"configuration file (default {DEFAULT_CONFIG})")
@@ -286,6 +290,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", metavar="VERB")
     for name, (_fn, help_) in VERBS.items():
         sp = sub.add_parser(name, help=help_, description=help_)
+        p.verb_parsers[name] = sp
         if name in JSON_VERBS:
             sp.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "history":
@@ -321,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_handler(raw)
     parser = _parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # named by the verb's parser, so the message points at the verb's --help
+            (parser.verb_parsers.get(args.verb) or parser).error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as e:  # argparse prints its usage message itself
         return EXIT_USAGE if e.code else EXIT_OK
     if not args.verb:
