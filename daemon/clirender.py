@@ -189,9 +189,11 @@ def _vms_(st: dict[str, Any]) -> list[str]:
     if lv.get("connected") is False:
         lines.append(f"  libvirt not reachable: {_s(lv.get('error'))}")
     vms = [v for v in _list(st, "vms") if isinstance(v, dict)]
+    # Save images live on the replicated filesystem: a node without the mount cannot tell.
+    unseen = _g(st, "filesystem", "mounted") is False
     for v in vms:
         img = v.get("save_image")
-        save = "no"
+        save = "unknown (filesystem not mounted here)" if unseen else "no"
         if isinstance(img, dict):
             save = "yes" + (f" ({img['origin']})" if img.get("origin") else "")
         lines.append(f"  Name: {_s(v.get('name'))} State: {_s(v.get('state'))} Managed save: {save}"

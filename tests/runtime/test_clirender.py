@@ -62,6 +62,8 @@ def test_the_recorded_document_shows_every_item_of_the_list() -> None:
     ]:
         assert want in text, f"{want!r} missing from:\n{text}"
     assert "BLOCKED" not in text and "UNSAFE" not in text and "NOT YET ACKNOWLEDGED" not in text
+    unmounted = replaced(DOC, ("filesystem", "mounted"), False)
+    assert "Name: plc1 State: running Managed save: unknown (filesystem not mounted here)" in clirender.render_status(unmounted)
 
 
 def test_degraded_parts_are_shown_as_such() -> None:

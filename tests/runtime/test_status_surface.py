@@ -67,7 +67,8 @@ def test_status_text_json_errors_and_daemon_down(make_nodelab: Callable[..., Nod
         assert want in text, f"{want!r} missing from:\n{text}"
     text = standby.cli("status").stdout
     assert f"Active node: {a} ({a} reports phase PRIMARY" in text and ": not mounted here" in text
-    assert "Floating IP 192.168.100.50/24 on eth0: not here" in text and "Name: plc1 State: shutoff" in text
+    assert "Floating IP 192.168.100.50/24 on eth0: not here" in text
+    assert "Name: plc1 State: shutoff Managed save: unknown (filesystem not mounted here)" in text
 
     # --json on every read verb; the exit codes are the documented ones.
     for verb, code in (("status", 0), ("why", 0), ("history", 0), ("split-brain", 0), ("check", 1)):
