@@ -239,7 +239,7 @@ def _peer(doc: Mapping[str, Any]) -> Iterator[Metric]:
 
 def _gateway(doc: Mapping[str, Any]) -> Iterator[Metric]:
     gw = doc["gateway"]
-    yield from _g("clever_gateway_score", "Gateway targets reachable now (weighted score).", gw["score"])
+    yield from _g("clever_gateway_score", "Gateway targets reachable now times gateway.multiplier.", gw["score"])
     yield from _g("clever_gateway_stable_score", "Gateway score after dampening (what placement uses).", gw["stable_score"])
     yield from _g("clever_gateway_max_score", "Highest possible gateway score (every target reachable).", gw["max_score"])
     reach = GaugeMetricFamily("clever_gateway_target_reachable", "1 when the gateway target answers.", labels=["target", "address"])
