@@ -7,7 +7,9 @@ waits at most ``FRESH_TIMEOUT`` seconds. When the loop does not answer in
 time (stalled, overloaded) the previous document is served and
 ``clever_status_age_seconds`` says how old it is. So the values are those of
 the scrape's moment, the loop never waits for a scrape, and a scrape never
-holds the loop longer than building one status document.
+holds the loop longer than building one status document. Concurrent scrapes
+share one build, and scrapes less than ``MIN_INTERVAL`` apart share one
+document, so a flood of requests cannot load the loop.
 
 Invariants:
 - The only things the HTTP thread touches are the last document (a dict
@@ -23,6 +25,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -40,6 +43,7 @@ from .schema import parse_host_port
 log = logsetup.get("daemon.metrics")
 
 FRESH_TIMEOUT = 2.0
+MIN_INTERVAL = 0.25  # scrapes closer together than this share one document
 STOP_TIMEOUT = 5.0
 
 Doc = dict[str, Any]
@@ -48,35 +52,49 @@ Doc = dict[str, Any]
 class StatusSource:
     """Status documents for the HTTP thread, built on the event loop ``loop``."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, build: Callable[[], Awaitable[Doc]], timeout: float = FRESH_TIMEOUT) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, build: Callable[[], Awaitable[Doc]], timeout: float = FRESH_TIMEOUT,
+                 min_interval: float = MIN_INTERVAL) -> None:
         self.loop = loop
         self.build = build
         self.timeout = timeout
+        self.min_interval = min_interval
         self.failures = 0
         self._lock = threading.Lock()
         self._last: tuple[Doc, float] | None = None  # (document, monotonic time it was built)
+        self._inflight: concurrent.futures.Future[Doc] | None = None
         self._loop_thread = threading.get_ident()  # made on the loop's thread (the runtime builds it there)
 
     async def _build(self) -> Doc:
         return await self.build()
 
+    def _request(self) -> concurrent.futures.Future[Doc] | None:
+        """The build to wait for: the one in flight (concurrent scrapes share it), a new one, or none
+        when the last document is younger than ``min_interval`` (a flood of scrapes cannot load the loop)."""
+        with self._lock:
+            if self._inflight is not None and not self._inflight.done():
+                return self._inflight
+            if self._last is not None and time.monotonic() - self._last[1] < self.min_interval:
+                return None
+            try:
+                self._inflight = asyncio.run_coroutine_threadsafe(self._build(), self.loop)
+            except RuntimeError:  # the loop is closed: the daemon is stopping
+                return None
+            return self._inflight
+
     def read(self) -> tuple[Doc | None, float]:
         """The freshest document there is, and its age in seconds."""
-        if threading.get_ident() != self._loop_thread:
+        fut = self._request() if threading.get_ident() != self._loop_thread else None
+        if fut is not None:
             try:
-                fut = asyncio.run_coroutine_threadsafe(self._build(), self.loop)
-            except RuntimeError:  # the loop is closed: the daemon is stopping
-                fut = None
-            if fut is not None:
-                try:
-                    doc = fut.result(self.timeout)
-                except Exception as e:  # noqa: BLE001 - a timeout or a failed build: serve the previous one
-                    fut.cancel()
+                doc = fut.result(self.timeout)
+            except Exception as e:  # noqa: BLE001 - a timeout or a failed build: serve the previous one
+                fut.cancel()
+                with self._lock:
                     self.failures += 1
-                    log.warning("metrics scrape: no fresh status document (%s); serving the previous one", type(e).__name__ if not str(e)
-                                else e)
-                else:
-                    with self._lock:
+                log.warning("metrics scrape: no fresh status document (%s); serving the previous one", str(e) or type(e).__name__)
+            else:
+                with self._lock:
+                    if self._last is None or self._last[0] is not doc:
                         self._last = (doc, time.monotonic())
         with self._lock:
             last = self._last

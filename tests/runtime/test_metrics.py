@@ -291,7 +291,7 @@ async def test_a_scrape_over_http_builds_the_document_on_the_loop() -> None:
         return doc
 
     reg = CollectorRegistry()
-    reg.register(StatusCollector(StatusSource(asyncio.get_running_loop(), build)))
+    reg.register(StatusCollector(StatusSource(asyncio.get_running_loop(), build, min_interval=0.0)))
     port = _free_port()
     ep = Endpoint(f"127.0.0.1:{port}", reg)
     assert ep.start() and ep.address == ("127.0.0.1", port)
@@ -317,7 +317,7 @@ async def test_a_loop_that_does_not_answer_gets_the_previous_document_with_its_a
             await release.wait()  # the loop is busy elsewhere: this build never finishes in time
         return base_doc()
 
-    src = StatusSource(asyncio.get_running_loop(), build, timeout=0.5)
+    src = StatusSource(asyncio.get_running_loop(), build, timeout=0.5, min_interval=0.0)
     doc, age = await asyncio.to_thread(src.read)
     assert doc is not None and age == 0.0
     doc2, age2 = await asyncio.to_thread(src.read)
@@ -325,6 +325,22 @@ async def test_a_loop_that_does_not_answer_gets_the_previous_document_with_its_a
     assert doc2 is doc and age2 > 0.0 and src.failures == 1
     got = scrape(StatusCollector(StatusSource(asyncio.get_running_loop(), build)))  # on the loop's thread: never waits
     assert got == {}
+
+
+async def test_scrapes_close_together_share_one_document() -> None:
+    builds = 0
+
+    async def build() -> dict[str, Any]:
+        nonlocal builds
+        builds += 1
+        await asyncio.sleep(0.2)  # concurrent scrapes arrive while this build runs
+        return base_doc()
+
+    src = StatusSource(asyncio.get_running_loop(), build, min_interval=60.0)
+    results = await asyncio.gather(*(asyncio.to_thread(src.read) for _ in range(6)))
+    assert builds == 1 and all(doc is results[0][0] for doc, _ in results)
+    doc, age = await asyncio.to_thread(src.read)  # within min_interval: the same document, with its age
+    assert builds == 1 and doc is results[0][0] and age > 0.0
 
 
 async def test_an_address_in_use_is_an_error_not_a_crash(caplog: pytest.LogCaptureFixture) -> None:

@@ -73,7 +73,7 @@ def test_metrics_match_status_on_both_nodes_and_a_handover_is_observed(make_node
         assert m[f'clever_vm_state{{clever_vm_state="{state}",domain="plc1"}}'] == 1.0, st["vms"]
         reason = "no_action_primary" if n is old else "no_action_secondary"
         assert m[f'clever_decisions_total{{reason="{reason}"}}'] >= 1
-        assert m["clever_status_age_seconds"] == 0.0
+        assert m["clever_status_age_seconds"] < 1.0  # built for this scrape (or one less than MIN_INTERVAL before)
     assert old.metrics()['clever_handover_phase_seconds_count{phase="total",side="out"}'] == 0.0
 
     cli_json(old, "migrate")
