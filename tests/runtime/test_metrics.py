@@ -7,10 +7,13 @@ test ``test_metrics_lab`` checks the real one against ``clevervm status``).
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 import socket
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +26,7 @@ from clever_cluster.daemon.metrics import Instruments, families
 from clever_cluster.daemon.metrics_http import Endpoint, StatusCollector, StatusSource
 from clever_cluster.daemon.resources.facts import PhaseTiming, RunRecord
 from clever_cluster.policy.reasons import Code
+from clever_cluster.sim.harness import DaemonProcess, NotifyListener, run_cli, wait_for
 
 
 def base_doc() -> dict[str, Any]:
@@ -355,3 +359,65 @@ async def test_an_address_in_use_is_an_error_not_a_crash(caplog: pytest.LogCaptu
     ep.stop()  # nothing to stop: no error
     assert Endpoint("", CollectorRegistry()).start() is False  # disabled
 
+
+
+# ---------------------------------------------------------------------- a real daemon (loopback lab config, no namespaces)
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[NotifyListener]:
+    n = NotifyListener(tmp_path)
+    yield n
+    n.close()
+
+
+def _daemon(config: Path, listen: str, notify: NotifyListener) -> DaemonProcess:
+    config.write_text(config.read_text().replace('[metrics]\nlisten = ""', f'[metrics]\nlisten = "{listen}"'))
+    d = DaemonProcess(config, env={"NOTIFY_SOCKET": str(notify.path)}).start()
+    notify.wait_for_key("READY", 20)
+    return d
+
+
+def test_the_daemon_serves_its_status_as_metrics(lab_configs: tuple[Path, Path], notify: NotifyListener) -> None:
+    port = _free_port()
+    d = _daemon(lab_configs[0], f"127.0.0.1:{port}", notify)
+    try:
+        def same() -> dict[str, float] | None:
+            st = json.loads(run_cli(lab_configs[0], "status", "--json").stdout)
+            m = scrape_text(_get(port))
+            return m if m.get(f'clever_phase{{clever_phase="{st["phase"]}"}}') == 1.0 and \
+                m.get("clever_loop_cycles_total", -1) >= st["daemon"]["loop"]["cycles"] else None
+        m = wait_for(same, 30, "a scrape that agrees with clevervm status")
+        assert m is not None and m['clever_node_info{cluster="democluster",node="node1",peer="node2"}'] == 1.0
+        assert m["clever_peer_alive"] == 0.0  # node2 is not running
+        d.signal(signal.SIGTERM)
+        assert d.proc is not None and d.proc.wait(20) == 0, d.log()[-3000:]
+        assert "shutdown: stop the metrics endpoint done" in d.log()
+        with pytest.raises(OSError):
+            _get(port)
+    finally:
+        d.stop()
+
+
+def test_a_daemon_whose_metrics_address_is_taken_runs_on(lab_configs: tuple[Path, Path], notify: NotifyListener) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        d = _daemon(lab_configs[0], f"127.0.0.1:{port}", notify)
+        try:
+            r = run_cli(lab_configs[0], "status", "--json")
+            assert r.returncode == 0 and json.loads(r.stdout)["node"] == "node1"
+            log = d.log()
+            assert f"metrics endpoint not started: cannot listen on 127.0.0.1:{port}" in log and "Traceback" not in log
+        finally:
+            d.stop()
+
+
+def scrape_text(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = float(s.value)
+    return out
