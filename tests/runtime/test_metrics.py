@@ -11,6 +11,7 @@ import json
 import signal
 import socket
 import threading
+import types
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,10 +22,15 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from clever_cluster import policy as P
+from clever_cluster.daemon.executor import Executor
 from clever_cluster.daemon.history import DecisionEntry, History, Mark, Timeline
 from clever_cluster.daemon.metrics import Instruments, families
 from clever_cluster.daemon.metrics_http import Endpoint, StatusCollector, StatusSource
 from clever_cluster.daemon.resources.facts import PhaseTiming, RunRecord
+from clever_cluster.daemon.world import World
+from clever_cluster.fencing.coordinator import FenceReport
+from clever_cluster.fencing.types import Outcome
 from clever_cluster.policy.reasons import Code
 from clever_cluster.sim.harness import DaemonProcess, NotifyListener, run_cli, wait_for
 
@@ -421,3 +427,36 @@ def scrape_text(text: str) -> dict[str, float]:
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
             out[f"{s.name}{{{labels}}}" if labels else s.name] = float(s.value)
     return out
+
+
+# ---------------------------------------------------------------------- the executor feeds the fence instruments
+
+
+class _Coordinator:
+    def __init__(self, report: FenceReport | Exception) -> None:
+        self.report = report
+
+    async def fence(self, req: Any) -> FenceReport:
+        await asyncio.sleep(0.05)
+        if isinstance(self.report, Exception):
+            raise self.report
+        return self.report
+
+
+@pytest.mark.parametrize(("report", "result"), [
+    (FenceReport(Outcome.TIMED_OUT, "no OFF within the budget"), "timed_out"),
+    (FenceReport(Outcome.GATE_CLOSED, "gateway unreachable"), "gate_closed"),
+    (RuntimeError("a bug"), "internal_error"),
+])
+async def test_the_executor_counts_each_fence_attempt_by_result(report: FenceReport | Exception, result: str) -> None:
+    reg = CollectorRegistry()
+    ins = Instruments(reg)
+    parts = types.SimpleNamespace(world=World("r0", ()), history=History(), peer="node2", node="node1")
+    ex = Executor(parts, None, on_fence=ins.fence_attempt)  # type: ignore[arg-type]
+    ep = P.LossEpisode("node2", 7, "boot", 1)
+    await ex._run_fence(_Coordinator(report), P.FencePeer(ep, 3.0))  # type: ignore[arg-type]
+    got = scrape(reg)
+    assert got[f'clever_fence_attempts_total{{result="{result}"}}'] == 1
+    assert sum(v for k, v in got.items() if k.startswith("clever_fence_attempts_total{")) == 1
+    assert got[f'clever_fence_duration_seconds_sum{{result="{result}"}}'] >= 0.05
+    assert parts.world.failures[ep] == 1  # and the policy's fact is still fed
