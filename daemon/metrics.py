@@ -23,6 +23,8 @@ Invariants:
   can test for a state that is absent right now.
 - Label sets of the instruments are created up front (every fence result,
   the phases the history knows) so ``increase()`` sees the first event.
+- Importing this module turns off prometheus-client's ``*_created`` series
+  (a process-wide switch of the library; the daemon exports nothing else).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric, StateSetMetricFamily
 
 from clever_cluster import policy as P
@@ -60,6 +62,10 @@ SUCCESS = {"failover": ("active here",), "handover_out": ("handed over",), "hand
 FENCE_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 PHASE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+# No `*_created` series next to each counter and histogram: in the text format Prometheus stores them
+# as extra gauges that nobody queries (the process start time is clever_daemon_start_time_seconds).
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class Instruments:

@@ -460,3 +460,9 @@ async def test_the_executor_counts_each_fence_attempt_by_result(report: FenceRep
     assert sum(v for k, v in got.items() if k.startswith("clever_fence_attempts_total{")) == 1
     assert got[f'clever_fence_duration_seconds_sum{{result="{result}"}}'] >= 0.05
     assert parts.world.failures[ep] == 1  # and the policy's fact is still fed
+
+
+def test_no_created_series_next_to_counters_and_histograms() -> None:
+    reg = CollectorRegistry()
+    Instruments(reg).fence_attempt("failed", 1.0)
+    assert scrape(reg) and not [k for k in scrape(reg) if "_created" in k]
