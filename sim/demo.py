@@ -7,8 +7,8 @@ test driver, a pyghmi BMC per node and the real ``clever-clusterd`` on each.
 It shows ``clevervm status`` of the elected node, hands the resources over
 with ``clevervm migrate`` and prints that timeline from ``clevervm
 history``, powers the active node off through its BMC and prints the
-failover timeline, waits for the fenced node to come back as the standby,
-runs the lab's safety check (never two active, no acknowledged write lost)
+failover timeline, powers the fenced node back on through its BMC and shows
+it rejoin as the standby, runs the lab's safety check (never two active, no acknowledged write lost)
 and removes everything.
 
 Invariants:
@@ -103,8 +103,8 @@ def status_text(n: LabNode) -> str:
     return r.stdout
 
 
-def writes(n: LabNode, count: int) -> int:
-    """``count`` writes by the VM on ``n`` through DRBD, each acknowledged and replicated to the peer's disk.
+def writes(n: LabNode, count: int, *, replicated: bool = True) -> int:
+    """``count`` writes by the VM on ``n`` through DRBD, each acknowledged (and with ``replicated``, on the peer's disk too).
 
     The safety check looks for every one of them on the active node's disk at the end.
     """
@@ -112,7 +112,7 @@ def writes(n: LabNode, count: int) -> int:
         w = n.write()
         if not w.get("ok"):
             raise DemoFailed(f"a write on {n.name} was not acknowledged: {w}")
-        if not w.get("replicated"):
+        if replicated and not w.get("replicated"):
             raise DemoFailed(f"a write on {n.name} was acknowledged without reaching the peer's disk: {w}")
     return count
 
@@ -160,8 +160,8 @@ def step_migrate(lab: NodeLab, old: LabNode, new: LabNode) -> int:
         raise DemoFailed(f"clevervm migrate exited {r.returncode}")
     wait_for(lambda: holds_all(lab, new.name), 90, f"{new.name} to hold every resource", interval=0.2)
     wait_active(lab, timeout=60)
-    out = wait_timeline(old, "handover_out", since=since, timeout=60)
-    inn = wait_timeline(new, "handover_in", since=since, timeout=60)
+    out = wait_timeline(old, "handover_out", since=since, outcome="handed over", timeout=60)
+    inn = wait_timeline(new, "handover_in", since=since, outcome="active here", timeout=60)
     say(f"Done. The timelines from `clevervm history`: each line is one phase and how long it took; the sequence lines "
         f"give the steps of the stop on {old.name} and of the start on {new.name}.")
     show(f"{old.name}:\n" + "\n".join(render_timeline(out)))
@@ -191,7 +191,7 @@ def step_failover(lab: NodeLab, dead: LabNode, survivor: LabNode) -> int:
     if r.returncode != 0:
         raise DemoFailed(f"ipmitool power off of {dead.name} failed: {r.stderr.strip()}")
     wait_for(lambda: holds_all(lab, survivor.name), 120, f"{survivor.name} to hold every resource", interval=0.2)
-    fo = wait_timeline(survivor, "failover", since=since, timeout=60)
+    fo = wait_timeline(survivor, "failover", since=since, outcome="active here", timeout=60)
     st = cli_json(survivor, "status")
     say(f"{survivor.name} is active. Its failover timeline: peer_lost -> fence_started covers the checks before a fence "
         "(the gateway still answers, the fence delay), fence_started -> fence_confirmed is the BMC's work, and the rest is "
@@ -203,14 +203,23 @@ def step_failover(lab: NodeLab, dead: LabNode, survivor: LabNode) -> int:
     say(f"Fence record on {survivor.name}: {recs[-1]['kind']} fence of {dead.name} through {', '.join(recs[-1]['devices'])}.")
     for note in vm_starts(st):
         say(f"On {survivor.name}: {note}.")
-    return writes(survivor, 3)
+    count = writes(survivor, 3, replicated=False)
+    say(f"The VM on {survivor.name} wrote {count} blocks; with its peer off, DRBD acknowledged them on this disk alone "
+        f"({dead.name} gets them when it resyncs).")
+    return count
 
 
 def step_rejoin(lab: NodeLab, back: LabNode, active: LabNode) -> int:
     section(f"5. {back.name} comes back as the standby")
-    say(f"After the fence was confirmed, {active.name} powered {back.name} back on through its BMC (fencing.after = \"on\", "
-        f"the default). {back.name} boots as a new machine, its daemon starts, hears {active.name} holding the resources and "
-        "stays standby while DRBD resyncs.")
+    say(f"`ipmitool chassis power on` against {back.name}'s BMC. {back.name} boots as a new machine, its daemon starts, "
+        f"hears {active.name} holding the resources and stays standby while DRBD resyncs. (The demo sets fencing.after = "
+        "\"off\" so that you see the failover on its own; with the default \"on\" the survivor powers the fenced node back "
+        "on itself, right after the fence.)")
+    if back.power != "off":
+        raise DemoFailed(f"{back.name} is powered {back.power} before the demo powered it on")
+    r = lab.ipmi(active.index, back.index, "chassis", "power", "on")
+    if r.returncode != 0:
+        raise DemoFailed(f"ipmitool power on of {back.name} failed: {r.stderr.strip()}")
     wait_code(back, "no_action_secondary", timeout=120)
     wait_for(lambda: back.sim.state()["disk"] == "UpToDate", 60, f"{back.name}'s disk to be UpToDate", interval=0.2)
     say(f"`clevervm status` on {back.name}; look at the phase SECONDARY and the active node {active.name}:")
@@ -259,12 +268,12 @@ def main() -> int:
     netns.cleanup_stale()
     nodelab.cleanup_stale()
     signal.signal(signal.SIGTERM, _terminate)
-    lab = NodeLab(overrides=OVERRIDES)
+    lab = NodeLab(overrides={**OVERRIDES, "fencing": {**OVERRIDES["fencing"], "after": "off"}})
     rc, failure = 0, ""
     try:
         run(lab)
     except (KeyboardInterrupt, Interrupted):
-        rc, failure = 130, "interrupted"
+        rc = 130
     except Exception as e:  # noqa: BLE001 - any failed step: clean up, then say which and why
         rc, failure = 1, f"step \"{_current[0]}\": {type(e).__name__}: {e}"
     finally:
@@ -279,6 +288,9 @@ def main() -> int:
         print("demo failed: the lab left behind:\n  " + "\n  ".join(left), file=sys.stderr)
         return 1
     say("Nothing is left: no namespace, mount, loop device or process of the demo.")
+    if rc == 130:
+        print("demo interrupted; everything it started is cleaned up", file=sys.stderr)
+        return rc
     if rc:
         print(f"demo failed: {failure}", file=sys.stderr)
         if lab.logs_dir is not None:

@@ -92,25 +92,27 @@ def other(lab: NodeLab, n: LabNode) -> LabNode:
     return lab.node(3 - n.index)
 
 
-def timeline(n: LabNode, kind: str, *, since: float = 0.0, done: bool = True) -> dict[str, Any] | None:
+def timeline(n: LabNode, kind: str, *, since: float = 0.0, done: bool = True, outcome: str | None = None) -> dict[str, Any] | None:
     """The newest timeline of ``kind`` in ``clevervm history`` on ``n`` started at or after wall time ``since``.
 
-    With ``done``, only a finished one.
+    With ``done``, only a finished one; with ``outcome``, only one that ended so.
     """
     hist = cli_json(n, "history")
     found = [t for t in hist["timelines"]
-             if t["kind"] == kind and (t["done"] or not done) and (t["started_at"] or 0.0) >= since]
+             if t["kind"] == kind and (t["done"] or not done) and (t["started_at"] or 0.0) >= since
+             and (outcome is None or t["outcome"] == outcome)]
     return found[-1] if found else None
 
 
-def wait_timeline(n: LabNode, kind: str, *, since: float = 0.0, timeout: float = 60.0) -> dict[str, Any]:
-    """Wait until ``n``'s history holds a finished timeline of ``kind`` started after ``since``; return it."""
+def wait_timeline(n: LabNode, kind: str, *, since: float = 0.0, outcome: str | None = None,
+                  timeout: float = 60.0) -> dict[str, Any]:
+    """Wait until ``n``'s history holds a finished timeline of ``kind`` started after ``since`` (ended with ``outcome``)."""
     def got() -> dict[str, Any] | None:
         try:
-            return timeline(n, kind, since=since)
+            return timeline(n, kind, since=since, outcome=outcome)
         except Exception:  # noqa: BLE001 - not answering (yet)
             return None
 
-    t = wait_for(got, timeout, f"a finished {kind} timeline on {n.name}", interval=0.2)
+    t = wait_for(got, timeout, f"a {kind} timeline on {n.name} that ended {outcome or 'at all'}", interval=0.2)
     assert t is not None
     return t
