@@ -94,3 +94,15 @@ def test_demo_refuses_qemu_mode_it_cannot_run_with_a_clear_message() -> None:
     r = subprocess.run(DEMO, capture_output=True, text=True, timeout=60, check=False, env={**os.environ, "DEMO_QEMU": "1"})
     assert r.returncode == 2 and "DEMO_QEMU=1 is not supported" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and r.stdout == ""
+
+
+def test_demo_refuses_to_run_without_root_with_a_clear_message() -> None:
+    argv = DEMO
+    if os.geteuid() == 0:  # drop to nobody, if nobody can read this checkout and its .venv
+        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *DEMO]
+        probe = subprocess.run([*argv[:-2], "-c", "import clever_cluster.sim.demo"], capture_output=True, timeout=60, check=False)
+        if probe.returncode != 0:
+            pytest.skip("user nobody cannot read this checkout")
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2 and "the demo needs root" in r.stderr and "sudo make demo" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""
