@@ -243,6 +243,10 @@ def test_split_brain_blocks_both_nodes_and_is_resolved_with_the_named_victim(mak
 # --------------------------------------------------------------------------- loss
 
 
+DRBD_LINK_CODES = {"outdating_peer", "peer_outdated_answered", "resuming_io", "reconnecting_drbd", "outdating_local_disk",
+                   "no_action_primary", "no_action_secondary"}
+
+
 def heartbeat_of(n: LabNode) -> dict[str, Any]:
     hb: dict[str, Any] = cli_json(n, "status")["heartbeat"]
     return hb
@@ -254,7 +258,7 @@ def test_loss_and_bursts_on_both_heartbeat_links_for_a_minute_change_nothing(mak
     standby = other(lab, active)
     wait_code(standby, "no_action_secondary")
     before = {n.name: decisions(n) for n in lab.nodes}
-    drops_before = {n.name: sum(heartbeat_of(n)["drops"].values()) for n in lab.nodes}
+    acked = [active.write()["id"] for _ in range(2)]
     timeout = 1.0  # heartbeat.timeout (the daemon's default, not overridden)
     start = lab.mark("30 % loss on hb0 and hb1 for 30 s, then 30 s of total-cut bursts shorter than the timeout")
     for link in ("hb0", "hb1"):
@@ -279,20 +283,27 @@ def test_loss_and_bursts_on_both_heartbeat_links_for_a_minute_change_nothing(mak
         time.sleep(2)
     for link in ("hb0", "hb1"):
         lab.net.heal(link)
-    after_decisions(active, 10)
-    # Nothing happened but link quality: no failover, no fence, the same decisions on both nodes.
+    wait_for(lambda: all(n.sim.state()["conn"] == "Connected" and n.sim.state()["disk"] == "UpToDate" for n in lab.nodes), 60,
+             "DRBD connected and in sync again", interval=0.2)
+    wait_code(active, "no_action_primary")
+    wait_code(standby, "no_action_secondary")
+    # No failover, no fence, no VM or role change, the peer never lost.
     assert bursts >= 10
     assert power_offs(lab, start) == [] and role_transitions(lab, active.name, start) == []
+    assert role_transitions(lab, standby.name, start) == []
     assert vm_transitions(lab, active.name, start) == [] and holds_all(lab, active.name)
     for n in lab.nodes:
-        assert decisions(n) == before[n.name], (n.name, decisions(n)[len(before[n.name]):])
+        # hb0 also carries DRBD: when its TCP stream stalls past DRBD's ping timeout, DRBD freezes the
+        # writes and runs fence-peer; the peer, still heard, outdates its disk and resyncs. Only that
+        # path may change a decision; everything else the loss changes is link quality.
+        changed = decisions(n)[len(before[n.name]):]
+        assert {c for c, _ in changed} <= DRBD_LINK_CODES and {p for _, p in changed} <= {"PRIMARY", "SECONDARY"}, changed
         hb = heartbeat_of(n)
         assert hb["state"] == "alive" and hb["longest_silence"] < timeout, hb["longest_silence"]
         assert cli_json(n, "status")["fencing"]["records"] == []
-        # The loss was seen and counted on every link of both nodes.
+        # The loss was measured on the links of both nodes.
         assert max(seen_loss[n.name]) >= 0.1, seen_loss[n.name]
-        assert sum(hb["drops"].values()) >= drops_before[n.name]
-    assert code(active) == "no_action_primary" and code(standby) == "no_action_secondary"
+    assert active.write(timeout=30)["ok"] and acked
     lab.check()
 
 
