@@ -60,7 +60,7 @@ from .executor import Executor, ForcibleDrbd
 from .fence_peer import FencePeerService
 from .fencing_setup import build_levels, build_monitor, build_watchdog, identity_book
 from .gateway import GatewayPinger
-from .heartbeat import Announce, HeartbeatError, HeartbeatService, NodeReport
+from .heartbeat import PROTOCOL_VERSION, Announce, HeartbeatError, HeartbeatService, NodeReport
 from .heartbeat.facts import HEARD, PeerState
 from .heartbeat.keys import KeyProblem
 from .history import History
@@ -92,9 +92,11 @@ OUTDATED_OR_WORSE = ("Outdated", "Inconsistent", "Diskless", "Failed")
 
 
 class Runtime:
-    def __init__(self, config_path: Path, cfg: config_mod.Config, notifier: Notifier | None = None) -> None:
+    def __init__(self, config_path: Path, cfg: config_mod.Config, notifier: Notifier | None = None, *,
+                 max_protocol: int = PROTOCOL_VERSION) -> None:
         self.config_path = Path(config_path).resolve()
         self.cfg = cfg
+        self.max_protocol = max_protocol  # below PROTOCOL_VERSION only to act as the previous release (rolling-upgrade tests)
         self.notifier = notifier or Notifier()
         self.started_mono = time.monotonic()
         self.started_wall = time.time()
@@ -276,7 +278,7 @@ class Runtime:
     def _build(self) -> None:
         cfg = self.cfg
         c = cfg.cluster
-        self.heartbeat = HeartbeatService.open(cfg, self.report)  # first: the new incarnation is on disk
+        self.heartbeat = HeartbeatService.open(cfg, self.report, max_version=self.max_protocol)  # first: the new incarnation is on disk
         self.store = DurableStore(c.state_dir)
         durable = self.store.load()
         self.failcounts = FailCounts(c.state_dir)
