@@ -1,13 +1,14 @@
 """Metrics of the running daemons, scraped over HTTP inside each lab node and checked against ``clevervm status``.
 
 One lab: both nodes' pages agree with their own status documents (phase,
-peer, links, DRBD, VMs); after ``clevervm migrate`` both sides of the
+peer, links, DRBD, VMs) and carry every series the alert rules read; after ``clevervm migrate`` both sides of the
 handover have observations in ``clever_handover_phase_seconds`` that match
 the history's timeline.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from clever_cluster.sim.nodelab.lab import NodeLab
 from clever_cluster.sim.nodelab.node import LabNode
 
 from .cluster import OVERRIDES, cli_json, holds_all, other, wait_active, wait_code
+from .test_metrics_contrib import problems_in, rule_exprs
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -74,6 +76,14 @@ def test_metrics_match_status_on_both_nodes_and_a_handover_is_observed(make_node
         reason = "no_action_primary" if n is old else "no_action_secondary"
         assert m[f'clever_decisions_total{{reason="{reason}"}}'] >= 1
         assert m["clever_status_age_seconds"] < 1.0  # built for this scrape (or one less than MIN_INTERVAL before)
+        # Every series the alert rules read is on the real page, with the labels and state values they match.
+        page: dict[str, dict[str, set[str]]] = {}
+        for key in m:
+            name, _, rest = key.partition("{")
+            labels = page.setdefault(name, {})
+            for k, v in re.findall(r'(\w+)="([^"]*)"', rest):
+                labels.setdefault(k, set()).add(v)
+        assert [p for e in rule_exprs() for p in problems_in(e, page)] == []
     assert old.metrics()['clever_handover_phase_seconds_count{phase="total",side="out"}'] == 0.0
 
     cli_json(old, "migrate")
