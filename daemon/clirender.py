@@ -410,20 +410,25 @@ def render_history(h: dict[str, Any]) -> str:
         if isinstance(d, dict):
             lines.append(f"  {_ts(d.get('wall'))} {_s(d.get('phase')):<11} {_s(d.get('code'))}: {_s(d.get('sentence'))}")
     for t in _list(h, "timelines"):
-        if not isinstance(t, dict):
-            continue
-        total = t.get("total_seconds")
-        lines.append(f"Timeline {_s(t.get('kind'))} started {_ts(t.get('started_at'))}: {_s(t.get('outcome'))}"
-                     + (f", {total:.2f} s" if isinstance(total, (int, float)) else ""))
-        for ph in _list(t, "phases"):
-            if isinstance(ph, dict):
-                lines.append(f"  {_s(ph.get('from'))} -> {_s(ph.get('to'))}: {_num(ph.get('seconds'), '{:.3f}', ' s')}")
-        for sq in _list(t, "sequences"):
-            if isinstance(sq, dict):
-                steps = ", ".join(f"{_s(x.get('action'))} {_s(x.get('step'))} {_num(x.get('seconds'), '{:.2f}', 's')}"
-                                  for x in _list(sq, "steps") if isinstance(x, dict))
-                lines.append(f"  {_s(sq.get('kind'))} sequence {_s(sq.get('outcome'))}: {steps}")
+        if isinstance(t, dict):
+            lines += render_timeline(t)
     return "\n".join(lines)
+
+
+def render_timeline(t: dict[str, Any]) -> list[str]:
+    """One failover/handover timeline of ``clevervm history``: its phases and the resource sequences' steps."""
+    total = t.get("total_seconds")
+    lines = [f"Timeline {_s(t.get('kind'))} started {_ts(t.get('started_at'))}: {_s(t.get('outcome'))}"
+             + (f", {total:.2f} s" if isinstance(total, (int, float)) else "")]
+    for ph in _list(t, "phases"):
+        if isinstance(ph, dict):
+            lines.append(f"  {_s(ph.get('from'))} -> {_s(ph.get('to'))}: {_num(ph.get('seconds'), '{:.3f}', ' s')}")
+    for sq in _list(t, "sequences"):
+        if isinstance(sq, dict):
+            steps = ", ".join(f"{_s(x.get('action'))} {_s(x.get('step'))} {_num(x.get('seconds'), '{:.2f}', 's')}"
+                              for x in _list(sq, "steps") if isinstance(x, dict))
+            lines.append(f"  {_s(sq.get('kind'))} sequence {_s(sq.get('outcome'))}: {steps}")
+    return lines
 
 
 def render_check(c: dict[str, Any]) -> str:

@@ -15,8 +15,8 @@ it is not 0). The lab's temporary directory is shown as ``/lab``.
 Invariants: the document is only written when every sample was recorded (a
 block in the document with no sample, or a sample with no block, is an
 error and nothing is written); ``--check`` records and reports without
-writing. The helpers come from tests/runtime/cluster.py, as the lab tests
-use them.
+writing. The lab's timings and waits are those of the tests and the demo
+(``sim/nodelab/drive.py``).
 """
 
 from __future__ import annotations
@@ -27,13 +27,12 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from clever_cluster.sim.harness import wait_for
+from clever_cluster.sim.nodelab.drive import OVERRIDES, holds_all, other, wait_active, wait_code
+from clever_cluster.sim.nodelab.lab import NodeLab
+from clever_cluster.sim.nodelab.node import LabNode
 
-from clever_cluster.sim.harness import wait_for  # noqa: E402
-from clever_cluster.sim.nodelab.lab import NodeLab  # noqa: E402
-from clever_cluster.sim.nodelab.node import LabNode  # noqa: E402
-from tests.runtime.cluster import OVERRIDES, holds_all, other, wait_active, wait_code  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DOC = ROOT / "docs" / "operations.md"
 # The lab's short timings; the fenced node stays off (fencing.after = "off"): the lab boots a node in about
