@@ -173,7 +173,8 @@ async def _save_space(rt: Runtime) -> list[Line]:
     return [Line("ok", "save space", f"{free / 2**30:.1f} GiB free in {save_dir} for up to {need / 2**30:.1f} GiB of VM memory")]
 
 
-def _cluster_stack_running() -> list[str]:
+def cluster_stack_running() -> list[str]:
+    """Pacemaker or Corosync processes on this machine (blocking: reads /proc)."""
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -188,7 +189,7 @@ def _cluster_stack_running() -> list[str]:
 
 
 async def _stack(rt: Runtime) -> list[Line]:
-    found = await run_in(OBSERVE, _cluster_stack_running)
+    found = await run_in(OBSERVE, cluster_stack_running)
     if found:
         return [Line("fail", "cluster stack", "Pacemaker/Corosync are running: " + ", ".join(found)
                      + "; two cluster managers must never drive the same resources (docs/migration.md)")]

@@ -21,7 +21,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import clilocal, clirender
 from . import config as config_mod
@@ -134,6 +134,18 @@ def cmd_node_verb(cmd: str) -> Callable[[Context], int]:
 
 
 def cmd_maintenance(ctx: Context) -> int:
+    if ctx.args.offline:
+        if ctx.args.state != "on":
+            raise UsageError("--offline exists only for maintenance on (the daemon itself leaves maintenance, after its checks)")
+        try:
+            ctx.call("ping", timeout=3.0)
+        except DaemonUnreachable as e:
+            try:
+                print(clilocal.maintenance_on_offline(ctx.args.config, str(e)))
+            except clilocal.OfflineRefused as r:
+                raise CommandFailed(str(r), "refused") from None
+            return EXIT_OK
+        raise CommandFailed("the daemon is running: use clevervm maintenance on (without --offline)", "refused")
     got = ctx.call("maintenance", on=ctx.args.state == "on")
     print(json.dumps(got, indent=2, sort_keys=True) if ctx.json else _next(got))
     return EXIT_OK
@@ -241,17 +253,48 @@ VERBS: dict[str, tuple[Callable[[Context], int], str]] = {
 JSON_VERBS = set(VERBS) - {"fence-peer", "unfence-peer", "reload", "daemon-restart"}
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="clevervm", description="Operate the clever-cluster two-node HA cluster.")
+def _decisions(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= n <= 200:
+        raise argparse.ArgumentTypeError(f"{n} is not from 1 to 200")
+    return n
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (what is wrong, and where the help is) and exit 2."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.verb_parsers: dict[str, argparse.ArgumentParser] = {}
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+EPILOG = """exit codes: 0 ok; 1 refused or failed (the reason is one line on stderr; also
+check problems); 2 usage (the command line is wrong); 3 the daemon is
+unreachable (status then shows what this node can read locally).
+fence-peer/unfence-peer are DRBD's handlers and exit with DRBD's codes.
+Every read verb (status, why, history, check, split-brain) and every verb
+that changes something takes --json. See docs/operations.md."""
+
+
+def _parser() -> _Parser:
+    p = _Parser(prog="clevervm", description="Operate the clever-cluster two-node HA cluster.", epilog=EPILOG,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=f"configuration file (default {DEFAULT_CONFIG})")
     p.add_argument("--socket", type=Path, help="control socket (default: from the configuration)")
     sub = p.add_subparsers(dest="verb", metavar="VERB")
     for name, (_fn, help_) in VERBS.items():
         sp = sub.add_parser(name, help=help_, description=help_)
+        p.verb_parsers[name] = sp
         if name in JSON_VERBS:
             sp.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "history":
-            sp.add_argument("--decisions", type=int, default=50, help="how many recent decisions (1..200)")
+            sp.add_argument("--decisions", type=_decisions, default=50, help="how many recent decisions (1..200)")
         elif name == "migrate":
             sp.add_argument("--lifetime", help="the ban expires after this long (e.g. 30m, 2h)")
             sp.add_argument("--force", action="store_true", help="ban even when the pre-flight fails")
@@ -259,6 +302,8 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("node", nargs="?", help="node name (default: this node)")
         elif name == "maintenance":
             sp.add_argument("state", choices=("on", "off"))
+            sp.add_argument("--offline", action="store_true",
+                            help="with the daemon stopped: write maintenance on into its state, so it starts observing only")
         elif name == "cleanup":
             sp.add_argument("vm", nargs="?", help="only this VM")
         elif name == "fence":
@@ -281,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_handler(raw)
     parser = _parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # named by the verb's parser, so the message points at the verb's --help
+            (parser.verb_parsers.get(args.verb) or parser).error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as e:  # argparse prints its usage message itself
         return EXIT_USAGE if e.code else EXIT_OK
     if not args.verb:

@@ -38,6 +38,7 @@ from .heartbeat import AdminIntent, Ban, Cleanup
 from .mapping import episode_to_fencing
 from .resources.base import ImageToken as ResImageToken
 from .resources.base import StartRequest, StopRequest
+from .resources.threads import OBSERVE, run_in
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -212,6 +213,13 @@ class Commands:
         on = args.get("on")
         if not isinstance(on, bool):
             raise ControlError("maintenance needs on (true) or off (false)", "bad_request")
+        if not on:
+            # Two cluster managers must never drive the same resources (DESIGN section 13): while
+            # Pacemaker or Corosync runs here, the cluster stays in maintenance, observing only.
+            stack = await run_in(OBSERVE, checks.cluster_stack_running)
+            if stack:
+                raise ControlError(f"maintenance off refused: Pacemaker/Corosync run on {self.rt.node} ({', '.join(stack)}); "
+                                   "stop and disable them first (docs/migration.md); still in maintenance", "refused")
         rec = self._change(caller, f"maintenance {'on' if on else 'off'}", lambda r: dataclasses.replace(r, maintenance=on))
         nxt = ("maintenance on (both nodes): the cluster only observes and alerts; it neither starts, stops nor fences anything"
                if on else "maintenance off: the cluster manages the resources again from what it observes now (see clevervm why)")

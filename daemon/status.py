@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +25,7 @@ from clever_cluster import policy as P
 from clever_cluster.policy import view as V
 from clever_cluster.policy.reasons import TABLE, Code
 
+from .clilocal import disk_usage
 from .decisionlog import message_id
 from .heartbeat.facts import HEARD
 from .heartbeat.service import status_dict
@@ -234,17 +234,9 @@ async def _usage(rt: Runtime) -> dict[str, Any] | None:
     if not rt.world.mounted:
         return None
     mp = rt.group.filesystem.mountpoint
-
-    def stat() -> dict[str, Any]:
-        st = os.statvfs(mp)
-        size, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
-        used = size - st.f_bfree * st.f_frsize
-        return {"size_bytes": size, "used_bytes": used, "free_bytes": free,
-                "percent": round(100.0 * used / (used + free), 1) if used + free else 0.0}
-
     try:
         async with asyncio.timeout(USAGE_TIMEOUT):
-            return await run_in(OBSERVE, stat)
+            return await run_in(OBSERVE, disk_usage, mp)
     except (OSError, TimeoutError):
         return None
 

@@ -118,7 +118,8 @@ def test_status_json_and_text(lab_configs: tuple[Path, Path], notify: NotifyList
         assert st["daemon"]["uptime_seconds"] >= 0 and st["schema"] == 1
         text = run_cli(lab_configs[0], "status")
         assert text.returncode == 0
-        assert "Node node1: phase STARTING" in text.stdout and f"pid {d.pid}" in text.stdout
+        assert "Node node1: online  phase STARTING" in text.stdout and f"pid {d.pid}" in text.stdout
+        assert "Node node2: OFFLINE (unseen)" in text.stdout and "cannot show" not in text.stdout
         sock = lab_configs[0].parent / "node1" / "run" / "control.sock"
         assert oct(sock.stat().st_mode & 0o777) == oct(0o600)
     finally:
@@ -131,7 +132,7 @@ def test_clevervm_without_daemon_exits_3(lab_configs: tuple[Path, Path]) -> None
     assert r.stderr.strip().startswith("clevervm: daemon not running")
     assert "Traceback" not in r.stderr
     # what can be read locally, under a banner
-    assert "NOT RUNNING" in r.stdout and "Floating IP 192.0.2.50/24: not here" in r.stdout
+    assert r.stdout.startswith("*** daemon not running") and "Floating IP 192.0.2.50/24: not here" in r.stdout
 
 
 def test_clevervm_usage_errors(lab_configs: tuple[Path, Path], tmp_path: Path) -> None:

@@ -86,7 +86,7 @@ def test_demo_hands_over_fails_over_rejoins_and_leaves_nothing() -> None:
     rejoin = out[out.index("== 5."):out.index("== 6.")]
     survivor = re.search(r"Fence record on (node\d)", failover)
     assert survivor is not None
-    assert re.search(r"Node node\d: phase SECONDARY", rejoin) and f"Active node: {survivor.group(1)}" in rejoin, rejoin
+    assert re.search(r"Node node\d: online  phase SECONDARY", rejoin) and f"Active node: {survivor.group(1)}" in rejoin, rejoin
     assert "Check passed: never two active, no acknowledged write lost" in out
     assert "Nothing is left" in out
     assert re.search(r"== demo finished in \d+ s\s*$", out), out[-2000:]
