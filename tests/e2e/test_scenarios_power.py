@@ -30,6 +30,7 @@ from tests.runtime.cluster import (
     cli_json,
     code,
     holds_all,
+    journal,
     other,
     role_transitions,
     vm_transitions,
@@ -160,8 +161,10 @@ def test_standby_daemon_restarts_while_drbd_is_connected_fence_nobody(make_nodel
     start = lab.mark("clevervm daemon-restart on the standby")
     r = standby.cli("daemon-restart")
     assert r.returncode == 0 and "restarting" in r.stdout, r.stderr
-    assert standby.daemon is not None
-    wait_for(lambda: not standby.daemon.alive(), 30, "the standby's daemon to exit for its restart", interval=0.1)  # type: ignore[union-attr]
+    d = standby.daemon
+    assert d is not None and d.proc is not None
+    wait_for(lambda: not d.alive(), 30, "the standby's daemon to exit for its restart", interval=0.1)
+    assert d.proc.returncode == 75  # systemd's RestartForceExitStatus: start it again
     # The active knows it is a restart (announced): no fence while the daemon is away (systemd would restart it).
     wait_code(active, "peer_restarting", timeout=30)
     standby.start_daemon()
@@ -229,9 +232,15 @@ def test_active_daemon_hang_is_fenced_after_the_grace_and_a_short_hang_is_not(ma
     hung.hang_daemon()
     wait_code(survivor, "peer_silent_drbd_connected", timeout=30)
     wait_code(survivor, "peer_lost_waiting_delay", timeout=30)
+
+    def stalls() -> int:
+        return len(journal(hung, lambda e: e.get("CLEVER_REASON") == "stall_reobserving"))
+
+    before = stalls()
     hung.resume_daemon()
     wait_code(survivor, "no_action_secondary", timeout=30)
     wait_code(hung, "no_action_primary", timeout=30)
+    assert stalls() > before  # the resumed loop saw its own gap and observed afresh first
     assert records(survivor) == [] and "power_off" not in bmc_events(lab, hung)
     assert role_transitions(lab, hung.name, start) == [] and vm_transitions(lab, hung.name, start) == []
     # A hang past grace and delay: the survivor fences the hung node (its power goes, the daemon never
