@@ -45,6 +45,14 @@ env | grep '^CLEVER_ALERT_' | sort > "{out}/$CLEVER_ALERT_SEQUENCE.env"
 """
 
 
+def settled(lab: NodeLab) -> tuple[LabNode, LabNode]:
+    """The active node and the standby, once both say so."""
+    active = wait_active(lab)
+    standby = other(lab, active)
+    wait_code(standby, "no_action_secondary")
+    return active, standby
+
+
 def records(n: LabNode) -> list[dict[str, Any]]:
     recs: list[dict[str, Any]] = cli_json(n, "status")["fencing"]["records"]
     return recs
@@ -84,9 +92,7 @@ def alerts(out: Path) -> list[dict[str, str]]:
 def test_standby_power_loss_is_fenced_by_the_active_and_rejoins_after_resync(make_nodelab: Callable[..., NodeLab]) -> None:
     # fencing.after = "off": the test, not the fence, powers the standby back on.
     lab = make_nodelab(overrides={**OVERRIDES, "fencing": {**OVERRIDES["fencing"], "after": "off"}})
-    active = wait_active(lab)
-    standby = other(lab, active)
-    wait_code(standby, "no_action_secondary")
+    active, standby = settled(lab)
     acked = [active.write()["id"] for _ in range(3)]
     start = lab.mark("power loss of the standby")
     lab.power_off(standby.index)
@@ -118,9 +124,7 @@ def test_standby_power_loss_is_fenced_by_the_active_and_rejoins_after_resync(mak
 
 def test_standby_power_loss_with_its_bmc_freezes_writes_until_the_operator_confirms(make_nodelab: Callable[..., NodeLab]) -> None:
     lab = make_nodelab(overrides=OVERRIDES, bmc_dies_with_node=(1, 2))
-    active = wait_active(lab)
-    standby = other(lab, active)
-    wait_code(standby, "no_action_secondary")
+    active, standby = settled(lab)
     out = add_alert_recorder(lab, active)
     acked = [active.write()["id"] for _ in range(3)]
     start = lab.mark("power loss of the standby and its BMC")
@@ -155,9 +159,7 @@ def test_standby_power_loss_with_its_bmc_freezes_writes_until_the_operator_confi
 
 def test_standby_daemon_restarts_while_drbd_is_connected_fence_nobody(make_nodelab: Callable[..., NodeLab]) -> None:
     lab = make_nodelab(overrides=OVERRIDES)
-    active = wait_active(lab)
-    standby = other(lab, active)
-    wait_code(standby, "no_action_secondary")
+    active, standby = settled(lab)
     start = lab.mark("clevervm daemon-restart on the standby")
     r = standby.cli("daemon-restart")
     assert r.returncode == 0 and "restarting" in r.stdout, r.stderr
@@ -188,9 +190,7 @@ def test_standby_daemon_restarts_while_drbd_is_connected_fence_nobody(make_nodel
 
 def test_clean_reboots_of_standby_then_active_hand_over_and_fence_nobody(make_nodelab: Callable[..., NodeLab]) -> None:
     lab = make_nodelab(overrides=OVERRIDES)
-    first = wait_active(lab)
-    second = other(lab, first)
-    wait_code(second, "no_action_secondary")
+    first, second = settled(lab)
     start = lab.mark("clean reboot of the standby")
     lab.reboot(second.index)
     wait_code(second, "no_action_secondary", timeout=90)
@@ -222,9 +222,7 @@ def test_active_daemon_hang_is_fenced_after_the_grace_and_a_short_hang_is_not(ma
     # A shorter silent_peer_grace (default 10 s) and a priority delay wide enough to resume a hang inside it.
     lab = make_nodelab(overrides={**OVERRIDES, "heartbeat": {"silent_peer_grace": "3s"},
                                   "fencing": {"priority_delay": "8s", "random_delay": "0.5s"}})
-    hung = wait_active(lab)
-    survivor = other(lab, hung)
-    wait_code(survivor, "no_action_secondary")
+    hung, survivor = settled(lab)
     acked = [hung.write()["id"] for _ in range(3)]
     # A hang that ends before the fence: the survivor waited (grace, then the priority delay), the
     # resumed daemon re-observes instead of acting on its stale view, and nothing happens.
@@ -264,9 +262,7 @@ def test_active_daemon_hang_is_fenced_after_the_grace_and_a_short_hang_is_not(ma
 
 def test_fence_device_down_during_failover_waits_for_the_operator(make_nodelab: Callable[..., NodeLab]) -> None:
     lab = make_nodelab(overrides=OVERRIDES)
-    dead = wait_active(lab)
-    survivor = other(lab, dead)
-    wait_code(survivor, "no_action_secondary")
+    dead, survivor = settled(lab)
     acked = [dead.write()["id"] for _ in range(3)]
     start = lab.mark("the active's BMC dies, then the active loses power")
     lab.bmc_kill(dead.index)
