@@ -13,12 +13,16 @@
 - :func:`assess` turns the results into "can this node fence its peer right
   now" and the redundancy sentence shown by ``status``.
 - :func:`priority_delay_warning` is the timing check of ``clevervm check``.
+- Each change of a device's identity verdict in force is logged once (a
+  mismatch as an error naming both machine ids): the journal says why a
+  device is not used, not only ``status``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +35,8 @@ from .types import Deadline, DeviceHealth, now_wall
 MIN_INTERVAL = 60.0
 DEFAULT_INTERVAL = 300.0
 JITTER = 0.2
+
+log = logging.getLogger("clever_cluster.fencing")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +98,9 @@ class DeviceMonitor:
             self._before_peer.discard(agent.name)
         else:
             self._before_peer.add(agent.name)
+        before = self.results.get(agent.name)
+        if before is None or before.identity.trust is not verdict.trust:
+            self._log_verdict(agent, verdict)
         result = DeviceCheck(level, health, verdict)
         self.results[agent.name] = result
         return result
@@ -105,6 +114,16 @@ class DeviceMonitor:
             return []
         return [await self.check_device(li, agent) for li, level in enumerate(self.levels, 1) for agent in level
                 if agent.name in self._before_peer]
+
+    def _log_verdict(self, agent: FenceAgent, v: IdentityVerdict) -> None:
+        fields = {"CLEVER_REASON": f"fence_device_{v.trust.value}", "CLEVER_PEER": self.peer}
+        if v.trust is Trust.MISMATCH:
+            log.error("fence device %s (%s) refused: %s; it is never used to power anything off until the configuration changes",
+                      agent.name, agent.describe(), v.message, extra={"fields": fields})
+        elif v.trust is Trust.VERIFIED:
+            log.info("fence device %s verified: %s", agent.name, v.message, extra={"fields": fields})
+        else:
+            log.info("fence device %s not verified yet: %s", agent.name, v.message, extra={"fields": fields})
 
     async def check_all(self) -> list[DeviceCheck]:
         """Check each device not checked within the last minute (one at a time)."""

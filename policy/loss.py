@@ -101,14 +101,17 @@ def peer_gone(c: Ctx) -> Outcome:
         c.alert("cannot_take_over", f"{s.peer} lost; not fencing: {why_not}")
         return (Phase.PRIMARY if c.held else Phase.SECONDARY), Code.PEER_LOST_CANNOT_TAKE_OVER, f"{s.peer} lost ({ep}); this node could not take over ({why_not}); no fence (S8)"
     att = f.fencing.attempt
+    # Once a fence has failed, the sentence (status, STATUS=, journal) names the operator's way out.
+    way_out = f"if you have checked that {s.peer} is powered off: clevervm confirm-fenced {s.peer}"
     if att is not None and att.running and att.episode == ep:
-        return Phase.FENCING, Code.FENCE_IN_PROGRESS, f"fencing {s.peer} since {att.started_at:.2f} ({ep})"
+        failed = f"; failed {f.fencing.failures}x so far; {way_out}" if f.fencing.failures > 0 else ""
+        return Phase.FENCING, Code.FENCE_IN_PROGRESS, f"fencing {s.peer} since {att.started_at:.2f} ({ep}){failed}"
     if att is not None and att.episode == ep and not att.running and f.fencing.failures > 0:
         retry_at = (att.finished_at or att.started_at) + s.retry_wait(f.fencing.failures)
         if f.now < retry_at:
             c.alert("fence_failing", f"fence of {s.peer} failed {f.fencing.failures}x: {att.detail}")
             c.wait_until(retry_at)
-            return Phase.FENCING, Code.FENCE_FAILED_RETRYING, f"fence of {s.peer} failed {f.fencing.failures}x ({att.detail}); retry at {retry_at:.2f}; frozen"
+            return Phase.FENCING, Code.FENCE_FAILED_RETRYING, f"fence of {s.peer} failed {f.fencing.failures}x ({att.detail}); retry at {retry_at:.2f}; frozen; {way_out}"
     not_before = c.v.fence_not_before
     if not_before is None:
         not_before = lost_at + _decide_delay(c, lost_at)

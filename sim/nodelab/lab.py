@@ -89,6 +89,7 @@ class NodeLab:
     def __init__(self, logs_dir: Path | None = None, *, drbd_version: str = "9", drbd_conf: dict[str, Any] | None = None,
                  overrides: dict[str, dict[str, Any]] | None = None, node_overrides: dict[int, dict[str, dict[str, Any]]] | None = None,
                  daemons: bool = True, bmc_modes: dict[int, str] | None = None, bmc_dies_with_node: tuple[int, ...] = (),
+                 bmc_machine_ids: dict[int, str] | None = None,
                  managed: tuple[str, ...] = ("plc1", "plc2"), unmanaged: tuple[str, ...] = ("tools",),
                  heartbeat_lan: bool = False, journal: bool = True, cluster: str = "labcluster", maintenance: bool = False) -> None:
         self.logs_dir = logs_dir
@@ -100,6 +101,7 @@ class NodeLab:
         self.daemons = daemons
         self.bmc_modes = bmc_modes or {}
         self.bmc_dies_with_node = bmc_dies_with_node
+        self.bmc_machine_ids = bmc_machine_ids or {}  # a BMC that reports another machine than its node's (a miswired fence device)
         self.managed, self.unmanaged = managed, unmanaged
         self.heartbeat_lan, self.journal, self.cluster = heartbeat_lan, journal, cluster
         self.maintenance = maintenance  # the daemons start in maintenance mode: they observe, never act (tests of the lab itself)
@@ -277,7 +279,7 @@ class NodeLab:
         assert self.controller is not None
         argv = [sys.executable, "-m", "clever_cluster.sim.bmc", "--address", n.addrs.bmc, "--port", str(nodeconfig.BMC_PORT),
                 "--user", nodeconfig.BMC_USER, "--password-file", str(self.workdir / "bmc.password"),
-                "--uuid", n.parts.machine_id, "--mode", self.bmc_modes.get(i, "immediate"), "--power", n.power,
+                "--uuid", self.bmc_machine_ids.get(i, n.parts.machine_id), "--mode", self.bmc_modes.get(i, "immediate"), "--power", n.power,
                 "--events", str(n.dir / "bmc.events"), "--power-file", str(n.power_file),
                 "--off-hook", shlex.join(power.hook_argv(sys.executable, self.controller.path, "off", n.name)),
                 "--on-hook", shlex.join(power.hook_argv(sys.executable, self.controller.path, "on", n.name))]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from pathlib import Path
+
+import pytest
 
 from clever_cluster.fencing.identity import IdentityBook, IdentityVerdict, Trust, check_identity, same_machine
 from clever_cluster.fencing.manual import ManualAgent
@@ -171,3 +174,18 @@ async def test_manual_device_needs_no_identity() -> None:
     v = await check_identity(ManualAgent("op", "node2"), peer_machine_id=None, own_machine_id=OWN_UUID, peer_heard=False, deadline=Deadline.after(1))
     assert v.trust is Trust.VERIFIED
     assert (await FakeAgent("x").status(Deadline.after(1))).state is PowerState.ON
+
+
+async def test_a_mismatch_is_logged_once_as_an_error_naming_both_machines(caplog: pytest.LogCaptureFixture) -> None:
+    m = monitor([[FakeAgent("bmc", machine_id=OTHER_UUID)]])
+    m.interval = 0.0
+    with caplog.at_level(logging.INFO, logger="clever_cluster.fencing"):
+        (c,) = await m.check_all()
+        m.last_checked.clear()
+        await m.check_all()
+    assert c.identity.trust is Trust.MISMATCH and not c.usable
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1, caplog.records
+    msg = errors[0].getMessage()
+    assert "bmc" in msg and OTHER_UUID in msg and PEER_UUID in msg and "never used" in msg
+    assert errors[0].fields == {"CLEVER_REASON": "fence_device_mismatch", "CLEVER_PEER": "node2"}  # type: ignore[attr-defined]

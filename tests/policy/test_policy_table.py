@@ -187,10 +187,15 @@ CASES: list[tuple[str, Any, Any, Code, Callable[[Decision], bool]]] = [
     ("active probes at once", lost_active, lost(), Code.PEER_LOST_PROBING_GATEWAY, all_of(has(ProbeGateway), lacks(FencePeer))),
     ("active fences at once with a fresh probe", with_vol(lost_active, probe_requested_at=NOW - 0.5), lost(gateway=Gateway(1, FRESH)),
      Code.PEER_LOST_FENCING, has(FencePeer, lambda a: a.episode == EP and not a.operator)),
-    ("fence running", lost_active, lost(fencing=Fencing(attempt=FenceAttempt(EP, NOW - 1, True))), Code.FENCE_IN_PROGRESS, lacks(FencePeer)),
+    ("fence running", lost_active, lost(fencing=Fencing(attempt=FenceAttempt(EP, NOW - 1, True))), Code.FENCE_IN_PROGRESS,
+     all_of(lacks(FencePeer), lambda d: "confirm-fenced" not in d.reason.sentence)),
+    ("fence running again after failures names the operator's way out", lost_active,
+     lost(fencing=Fencing(attempt=FenceAttempt(EP, NOW - 1, True), failures=2)), Code.FENCE_IN_PROGRESS,
+     all_of(lacks(FencePeer, Promote), lambda d: "failed 2x so far" in d.reason.sentence
+            and "clevervm confirm-fenced node2" in d.reason.sentence)),
     ("fence failed: backoff (S2: a failure confirms nothing)", lost_active,
      lost(fencing=Fencing(attempt=FenceAttempt(EP, NOW - 1.5, False, NOW - 0.5, "timeout"), failures=1)),
-     Code.FENCE_FAILED_RETRYING, lacks(FencePeer, Promote)),
+     Code.FENCE_FAILED_RETRYING, all_of(lacks(FencePeer, Promote), lambda d: "clevervm confirm-fenced node2" in d.reason.sentence)),
     # after the fence (S1b)
     ("confirmed, DRBD still shows the dead peer", lost_standby, lost(**standby_lost_facts, drbd={"connection": Conn.CONNECTED}, fencing=Fencing(records=(DEV,))),
      Code.FENCE_CONFIRMED_DISCONNECTING, all_of(has(DisconnectDrbd), lacks(Promote))),
