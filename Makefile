@@ -4,6 +4,11 @@
 
 PY := .venv/bin/python
 PYTEST_ARGS ?=
+# Two workers, one test file each at a time: the lab tests mostly wait on the
+# daemons while the policy's random and exhaustive searches keep a core busy.
+# Every lab names its namespaces and files after its own process, so workers
+# never see each other's parts.
+PYTEST_WORKERS ?= -n 2 --dist loadfile
 
 .PHONY: demo test bootstrap lint unit clean
 
@@ -14,7 +19,7 @@ demo: bootstrap
 	@$(PY) -m clever_cluster.sim.demo
 
 test: bootstrap lint
-	@$(PY) -m pytest $(PYTEST_ARGS)
+	@$(PY) -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 lint: bootstrap
 	@bash scripts/lint.sh
