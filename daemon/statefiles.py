@@ -1,7 +1,8 @@
 """What the runtime persists in ``cluster.state_dir`` besides the parts' own files.
 
 - ``policy-state.json``: the policy's ``Durable`` (epoch, episode, grants, the
-  per-boot "peer heard" marker, the block, the operator counters), written
+  per-boot "peer heard" marker, the block, the operator counters, the
+  peer's clean leave), every field of it (a test checks), written
   atomically before the actions of the decision that changed it.
 - ``fail-counts.json``: per VM, the failures counted on this node with the
   wall-clock time and boot id of the last one, and the serial of the last
@@ -86,6 +87,7 @@ def durable_to_json(d: P.Durable) -> dict[str, Any]:
         "block": None if d.block is None else {"cause": d.block.cause.value, "detail": d.block.detail},
         "grant_counter": d.grant_counter, "grant_out": _grant(d.grant_out), "grant_ack": _grant(d.grant_ack),
         "declined": d.declined, "carried_on": d.carried_on, "unblock_seen": d.unblock_seen, "fence_seen": d.fence_seen,
+        "peer_left": d.peer_left,
     }
 
 
@@ -106,6 +108,8 @@ def durable_from_json(v: Any) -> P.Durable:
         grant_counter=int(v["grant_counter"]), grant_out=_grant_in(v["grant_out"]), grant_ack=_grant_in(v["grant_ack"]),
         declined=_opt_str(v["declined"]), carried_on=_opt_str(v["carried_on"]),
         unblock_seen=int(v["unblock_seen"]), fence_seen=int(v["fence_seen"]),
+        # absent in files written before the field existed: the peer's clean leave is then not known
+        peer_left=_opt_str(v.get("peer_left")),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,12 +18,32 @@ epochs = st.builds(P.Epoch, st.integers(0, 10**6), names)
 episodes = st.none() | st.builds(P.LossEpisode, names, st.none() | st.integers(1, 2**40), st.none() | names, st.integers(0, 999))
 grants = st.none() | st.builds(P.Grant, names, st.sampled_from(P.GrantKind), names, names, st.integers(1, 2**40), epochs,
                                st.none() | st.integers(1, 2**40))
-durables = st.builds(
-    P.Durable, epoch=epochs, peer_epoch_seen=epochs, episode_counter=st.integers(0, 999), episode=episodes,
+DURABLE_FIELDS: dict[str, st.SearchStrategy[object]] = dict(
+    epoch=epochs, peer_epoch_seen=epochs, episode_counter=st.integers(0, 999), episode=episodes,
     episode_boot=st.none() | names, peer_heard_boot=st.none() | names,
     block=st.none() | st.builds(P.Block, st.sampled_from(P.BlockCause), st.text(max_size=40)),
     grant_counter=st.integers(0, 999), grant_out=grants, grant_ack=grants, declined=st.none() | names,
-    carried_on=st.none() | names, unblock_seen=st.integers(0, 99), fence_seen=st.integers(0, 99))
+    carried_on=st.none() | names, unblock_seen=st.integers(0, 99), fence_seen=st.integers(0, 99),
+    peer_left=st.none() | names)
+durables = st.builds(P.Durable, **DURABLE_FIELDS)
+
+
+def test_every_durable_field_is_drawn() -> None:
+    """A field added to the policy's Durable must be drawn above (and so persisted), or it is lost on restart."""
+    assert set(DURABLE_FIELDS) == {f.name for f in dataclasses.fields(P.Durable)}
+
+
+def test_a_clean_leave_of_the_peer_survives_a_restart(tmp_path: Path) -> None:
+    """Sequence: the standby shuts down cleanly (announces leaving, nothing held), then the active's daemon
+    restarts. The policy keeps the peer's boot id in Durable.peer_left so the restarted daemon treats the peer
+    as left, not lost (no fence of a machine in maintenance, policy commit 815d57f); the state file must keep it."""
+    store = DurableStore(tmp_path)
+    store.save(P.Durable(epoch=P.Epoch(3, "node1"), peer_left="node2-boot7"))
+    assert DurableStore(tmp_path).load().peer_left == "node2-boot7"
+    older = durable_to_json(P.Durable(epoch=P.Epoch(3, "node1")))
+    del older["peer_left"]  # written by a daemon before the field existed: still readable, the leave not known
+    store.path.write_text(json.dumps(older))
+    assert DurableStore(tmp_path).load() == P.Durable(epoch=P.Epoch(3, "node1"))
 
 
 @given(durables)
