@@ -1,0 +1,82 @@
+"""The decision loop with its real parts (store, history, notifier): what a failure in a cycle does."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from clever_cluster import policy as P
+from clever_cluster.daemon.drbd.model import ConnState, DiskState, DrbdFacts, GenerationIds, Role, SafetyReport
+from clever_cluster.daemon.gateway import GatewayFacts
+from clever_cluster.daemon.heartbeat import model as hm
+from clever_cluster.daemon.history import History
+from clever_cluster.daemon.loop import DecisionLoop
+from clever_cluster.daemon.mapping import LocalIdentity, Snapshot
+from clever_cluster.daemon.notify import Notifier
+from clever_cluster.daemon.resources.vmmonitor import VmFacts, VmInfo
+from clever_cluster.daemon.statefiles import DurableStore
+
+SETTINGS = P.Settings(node="node1", peer="node2")
+DRBD = DrbdFacts(backend="drbd9", resource="r0", known=True, role=Role.SECONDARY, peer_role=Role.UNKNOWN,
+                 connection=ConnState.CONNECTING, connection_raw="Connecting", disk=DiskState.UPTODATE,
+                 peer_disk=DiskState.DUNKNOWN, generation=GenerationIds("6B3A1F4C2D8E9A71", "0", ("0", "0"), {}),
+                 settings=SafetyReport(()))
+
+
+class Host:
+    """The runtime as the loop sees it: a standby that has not heard its peer yet."""
+
+    settings = SETTINGS
+    tick = 0.02
+
+    def __init__(self) -> None:
+        self.after = 0
+
+    def snapshot(self, *, stalled: bool = False, draw: float = 0.0) -> Snapshot:
+        loop = asyncio.get_running_loop()
+        return Snapshot(
+            now=loop.time(), wall=1_700_000_000.0, local=LocalIdentity("node1", 5, "b1", "m1", "fp"), peer_name="node2",
+            peer=None, unauthenticated=False, gateway=GatewayFacts(None, 0, None, None, None, None, 0, ()), fresh=None,
+            drbd=DRBD, connected_since=None, fence_peer_pending=False, mounted=False, ip=False,
+            vms=VmFacts(True, (VmInfo("plc1", "shutoff", 0),), loop.time()), images={}, stopped_by_cluster=frozenset(),
+            records=(), attempt=None, failures=0, peer_reported_off=False, fail_counts=(), intent=hm.AdminIntent(),
+            sequence=None, last_result=None, stalled=stalled, random_draw=draw)
+
+    def after_cycle(self, decision: P.Decision, facts: P.Facts) -> None:
+        self.after += 1
+
+
+class FailingOnce:
+    """An executor whose first ``carry_out`` raises, as the real one does when ``StartVm(count_failure)``
+    counts a failure and the state directory refuses the write (ENOSPC, EROFS, EIO)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def carry_out(self, decision: P.Decision, facts: P.Facts) -> float | None:
+        self.calls += 1
+        if self.calls == 1:
+            raise OSError(28, "No space left on device")
+        return None
+
+
+async def test_an_action_that_raises_does_not_end_the_decision_loop(tmp_path: Path) -> None:
+    """Sequence: a cycle's actions raise (a fail count that cannot be written). Before the fix the
+    exception left ``cycle`` (only the decision and the save were guarded) and ended the loop task
+    silently: the heartbeat went on announcing the last state while nothing decided any more, a
+    waiting fence-peer handler was never answered (DRBD I/O frozen) and the peer, hearing us, never
+    took over. The loop must log it and decide again on the next cycle."""
+    host, ex = Host(), FailingOnce()
+    changed = asyncio.Event()
+    loop = DecisionLoop(host, P.initial_state(), DurableStore(tmp_path), ex, History(), Notifier({}),  # type: ignore[arg-type]
+                        changed, "node2", clock=asyncio.get_running_loop().time)
+    task = asyncio.create_task(loop.run())
+    try:
+        async with asyncio.timeout(20):  # polled with a generous deadline: the machine is shared
+            while ex.calls < 3 and not task.done():
+                await asyncio.sleep(0.02)
+        assert not task.done(), f"the decision loop ended: {task.exception() if not task.cancelled() else 'cancelled'}"
+        assert loop.errors >= 1 and loop.cycles >= 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
