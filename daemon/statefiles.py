@@ -6,7 +6,9 @@
   atomically before the actions of the decision that changed it.
 - ``fail-counts.json``: per VM, the failures counted on this node with the
   wall-clock time and boot id of the last one, and the serial of the last
-  `clevervm cleanup` applied.
+  `clevervm cleanup` applied. A write that fails is logged and kept in
+  memory until the next change writes it (counts place VMs; they are not
+  safety state, and their callers must not fail).
 
 The heartbeat keeps the incarnation and the admin intent, the fencing
 coordinator its fence records, the identity book its device verdicts.
@@ -27,7 +29,10 @@ from typing import Any
 
 from clever_cluster import policy as P
 
+from . import logsetup
 from .persist import atomic_write_json, read_json
+
+log = logsetup.get("daemon.statefiles")
 
 DURABLE_FILE = "policy-state.json"
 FAIL_COUNTS_FILE = "fail-counts.json"
@@ -152,6 +157,7 @@ class FailCounts:
         self.path = Path(state_dir) / FAIL_COUNTS_FILE
         self.counts: dict[str, FailCount] = {}
         self.cleanup_seen = 0
+        self.write_error: str | None = None  # the last write failed: kept in memory, written with the next change
 
     def load(self) -> None:
         try:
@@ -169,8 +175,20 @@ class FailCounts:
             raise StateError(f"{self.path}: not a fail-count file of format {FORMAT}: {e}") from None
 
     def _save(self) -> None:
-        atomic_write_json(self.path, {"format": FORMAT, "cleanup_seen": self.cleanup_seen,
-                                      "vms": {k: dataclasses.asdict(v) for k, v in sorted(self.counts.items())}})
+        try:
+            atomic_write_json(self.path, {"format": FORMAT, "cleanup_seen": self.cleanup_seen,
+                                          "vms": {k: dataclasses.asdict(v) for k, v in sorted(self.counts.items())}})
+        except OSError as e:
+            # Callers are the VM monitor's callback and the decision loop's actions: a raise there
+            # froze the VM facts or ended the loop. A count only places VMs; it is not safety state.
+            if self.write_error is None:
+                log.error("cannot write %s: %s; fail counts are kept in memory and written with the next change",
+                          self.path, e.strerror or e, extra={"fields": {"CLEVER_REASON": "state_write_failed"}})
+            self.write_error = str(e.strerror or e)
+            return
+        if self.write_error is not None:
+            log.info("%s written again", self.path)
+        self.write_error = None
 
     def add(self, vm: str, wall: float, boot_id: str) -> int:
         old = self.counts.get(vm)

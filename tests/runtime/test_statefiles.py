@@ -82,3 +82,20 @@ def test_fail_counts_persist_and_cleanups_apply_once(tmp_path: Path) -> None:
     third.path.write_text("[]")
     with pytest.raises(StateError):
         FailCounts(tmp_path).load()
+
+
+def test_a_fail_count_that_cannot_be_written_is_kept_and_written_later(tmp_path: Path) -> None:
+    """Sequence: a VM crashes while the state directory refuses writes (full, read-only after an I/O
+    error). The count is reached from the VM monitor's callback and from the decision loop's actions
+    (``StartVm(count_failure)``); a raise there froze the world's VM facts or ended the loop. The
+    count is kept in memory (the policy places VMs by it) and written with the next change."""
+    fc = FailCounts(tmp_path)
+    fc.load()
+    fc.path.mkdir()  # the rename onto it fails like a refused write
+    assert fc.add("plc1", 100.0, "b1") == 1
+    assert fc.write_error is not None and fc.as_tuples() == (("plc1", 1, 100.0),)
+    fc.path.rmdir()
+    assert fc.add("plc1", 200.0, "b1") == 2 and fc.write_error is None
+    again = FailCounts(tmp_path)
+    again.load()
+    assert again.as_tuples() == (("plc1", 2, 200.0),)
