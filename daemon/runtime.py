@@ -107,6 +107,7 @@ class Runtime:
         self.deciding = False
         self.coordinator_: FenceCoordinator | None = None
         self._fencing_swap: asyncio.Task[None] | None = None
+        self._monitor_task: asyncio.Future[Any] | None = None
         self._intent_seen: tuple[int, str] = (-1, "")
         self.watchdog_problem: str | None = None
 
@@ -260,11 +261,12 @@ class Runtime:
                 log.info("cleanup %d: fail counts of %s cleared", c.serial, ", ".join(cleared),
                          extra={"fields": {"CLEVER_REASON": "cleanup"}})
 
-    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
+    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Future[Any]:
         task = asyncio.ensure_future(coro)
         task.set_name(name)
         self._tasks.append(task)
         task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+        return task
 
     # ------------------------------------------------------------------ building
 
@@ -348,9 +350,9 @@ class Runtime:
         await self.drbd.start()
         self.alerts.start()
         for coro, name in ((self.pinger.run(), "gateway"), (self.poller.run(), "mount and address"),
-                           (self.images.run(), "save images"), (self._monitor_devices(), "fence devices"),
-                           (self.group.start(connect_timeout=5.0), "libvirt")):
+                           (self.images.run(), "save images"), (self.group.start(connect_timeout=5.0), "libvirt")):
             self._spawn(coro, name)
+        self._monitor_task = self._spawn(self._monitor_devices(), "fence devices")
         log.info("clever-clusterd %s started: node %s, peer %s, cluster %s, config %s",
                  VERSION, cfg.cluster.node, cfg.cluster.peer, cfg.cluster.name, self.config_path)
         self.notifier.ready(f"{cfg.cluster.node}: starting, observing")
@@ -395,16 +397,20 @@ class Runtime:
         self._spawn(wd.run(), "watchdog")
 
     async def _monitor_devices(self) -> None:
+        """Runs the current device monitor; a fencing reload cancels this task once to switch to the new one."""
         while True:
             monitor = self.monitor
             try:
-                await monitor.run(lambda _r: self.world.touch())
+                try:
+                    await monitor.run(lambda _r: self.world.touch())
+                except Exception:
+                    log.exception("fence device monitor failed")
+                    await asyncio.sleep(60)
             except asyncio.CancelledError:
-                if monitor is self.monitor:
-                    raise
-            except Exception:
-                log.exception("fence device monitor failed")
-                await asyncio.sleep(60)
+                task = asyncio.current_task()
+                if monitor is self.monitor or task is None or task.uncancel() > 0:
+                    raise  # a stop (also one that came with the switch)
+                # the switch, not a stop: go on with the new monitor
 
     def request_stop(self, *, restart: bool) -> None:
         """``clevervm daemon-restart`` (restart) or a signal: see the module docstring."""
@@ -537,6 +543,10 @@ class Runtime:
         last_checked = self.monitor.last_checked
         self.levels = levels
         self._make_fencing(cfg, levels, last_checked)
+        if self._monitor_task is not None:
+            # The task still runs the old monitor (old devices, old identity book): switch it to the
+            # new one, or devices added by the reload are never checked, hence never trusted.
+            self._monitor_task.cancel()
         log.info("fencing rebuilt from the reloaded configuration (%d levels)", len(levels))
         self.world.touch()
 
