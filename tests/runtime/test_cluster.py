@@ -184,3 +184,25 @@ def test_maintenance_mode_takes_no_action(lab: NodeLab) -> None:
     wait_active(lab)
     lab.check()
 
+
+
+def test_active_restart_while_the_standby_is_shut_down_fences_nobody(lab: NodeLab) -> None:
+    """The standby shuts down cleanly and stays off; then the active's daemon is restarted (killed and
+    started: resources kept). The restarted daemon has not heard its peer in this run; the policy's
+    Durable.peer_left says it left cleanly. Before the state file kept that field, the active fenced
+    the machine in maintenance at once (and fencing.after = on powered it back on)."""
+    active = wait_active(lab)
+    standby = other(lab, active)
+    wait_code(standby, "no_action_secondary")
+    lab.shutdown(standby.index)
+    wait_code(active, "peer_left", timeout=30)
+    start = lab.mark("restart the active's daemon")
+    active.kill_daemon()
+    active.start_daemon()
+    wait_code(active, "peer_left", timeout=60)
+    after_decisions(active, 60)  # longer than the fence delays (3 s + 0.5 s at a 0.1 s tick)
+    st = cli_json(active, "status")
+    assert st["fencing"]["records"] == [] and st["fencing"]["attempt"] is None, st["fencing"]
+    assert st["phase"] == "PRIMARY" and code(active) == "peer_left"
+    assert role_transitions(lab, active.name, start) == [] and standby.power == "off"
+    lab.check()
