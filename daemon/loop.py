@@ -12,7 +12,8 @@ Invariants:
   than ``tick + policy.stall_threshold`` (SIGSTOP, swap, a long pause) is a
   stall: the heartbeat receivers are drained (a few loop iterations) and the
   next cycle has ``facts.stalled`` (the policy then re-observes for a full
-  heartbeat timeout before any fence or promotion).
+  heartbeat timeout before any fence or promotion); the flag stays until a
+  decision that saw it was taken (a cycle that fails does not drop it).
 - ``WATCHDOG=1`` only after a cycle that started on time and finished within
   ``stall_threshold``; ``STATUS=`` carries the current verdict sentence.
 - A bug in a cycle is logged with its traceback and the loop carries on
@@ -118,8 +119,10 @@ class DecisionLoop:
                 for _ in range(DRAIN_ITERATIONS):
                     await asyncio.sleep(0)
                 start = self.clock()
+            decided = self.cycles
             ok = await self.cycle(stalled)
-            stalled = False
+            if self.cycles > decided:  # a decision that saw the stall was taken; a failed cycle passes it on
+                stalled = False
             end = self.clock()
             last = start
             self.last_cycle_seconds = end - start

@@ -80,3 +80,52 @@ async def test_an_action_that_raises_does_not_end_the_decision_loop(tmp_path: Pa
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+class Recorder:
+    def carry_out(self, decision: P.Decision, facts: P.Facts) -> float | None:
+        return None
+
+
+class StallHost(Host):
+    """Records the ``stalled`` flag of each snapshot; the first stalled one fails (a bug, or the same
+    failure path as an unwritable state file: nothing of that cycle is carried out)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flags: list[bool] = []
+        self.fail_stalled = True
+
+    def snapshot(self, *, stalled: bool = False, draw: float = 0.0) -> Snapshot:
+        self.flags.append(stalled)
+        if stalled and self.fail_stalled:
+            self.fail_stalled = False
+            raise RuntimeError("a bug while deciding")
+        return super().snapshot(stalled=stalled, draw=draw)
+
+
+async def test_a_stall_reaches_the_policy_even_when_the_stalled_cycle_fails(tmp_path: Path) -> None:
+    """Sequence: the process is stopped for seconds (SIGSTOP, swap); the first cycle after it carries
+    ``facts.stalled``, and fails. Before the fix the flag was dropped with it: the next cycle told the
+    policy nothing, so it fenced or promoted on the world as it looked before the stall instead of
+    re-observing for a full heartbeat timeout (DESIGN section 3)."""
+    host = StallHost()
+    aio = asyncio.get_running_loop()
+    offset = [0.0]
+    loop = DecisionLoop(host, P.initial_state(), DurableStore(tmp_path), Recorder(), History(), Notifier({}),  # type: ignore[arg-type]
+                        asyncio.Event(), "node2", clock=lambda: aio.time() + offset[0])
+    task = asyncio.create_task(loop.run())
+    try:
+        async with asyncio.timeout(20):
+            while len(host.flags) < 3:
+                await asyncio.sleep(0.02)
+            offset[0] += 5.0  # the clock jumps: 5 s passed without a cycle
+            while (True not in host.flags or len(host.flags) < host.flags.index(True) + 3) and not task.done():
+                await asyncio.sleep(0.02)
+        i = host.flags.index(True)
+        assert host.flags[i + 1] is True, host.flags  # the cycle after the failed one still says "stalled"
+        assert loop.stalls == 1 and loop.errors == 1
+        assert loop.state.observe_until > 0 and not host.fail_stalled
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
