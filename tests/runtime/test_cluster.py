@@ -206,3 +206,27 @@ def test_active_restart_while_the_standby_is_shut_down_fences_nobody(lab: NodeLa
     assert st["phase"] == "PRIMARY" and code(active) == "peer_left"
     assert role_transitions(lab, active.name, start) == [] and standby.power == "off"
     lab.check()
+
+
+def test_clean_stop_of_the_grantee_racing_a_handover(lab: NodeLab) -> None:
+    """`migrate` on the active; while the standby promotes under the grant it acknowledged (it counts as
+    active from then on), it is stopped cleanly (SIGTERM). The old active is banned, so nobody can take
+    over: the stopping grantee stops what it had started before it leaves, and the old active, which has
+    no fence record and no longer hears the grantee, does not take the resources back (S1): never two
+    active, no acknowledged write lost, nothing left running on the node whose daemon stopped."""
+    import signal
+
+    old = wait_active(lab)
+    new = other(lab, old)
+    wait_code(new, "no_action_secondary")
+    acked = [old.write()["id"] for _ in range(3)]
+    cli_json(old, "migrate")
+    wait_code(new, {"handover_acknowledged", "handover_promoting", "handover_waiting_drbd", "sequence_in_progress"}, timeout=60)
+    lab.mark("SIGTERM the grantee")
+    assert new.daemon is not None
+    new.daemon.signal(signal.SIGTERM)
+    wait_for(lambda: new.daemon is not None and not new.daemon.alive(), 120, "the grantee's daemon to stop", interval=0.2)
+    assert not lab.active()[new.name], lab.active()
+    wait_code(old, "peer_left", timeout=30)
+    assert not lab.active()[old.name] and acked
+    lab.check()
