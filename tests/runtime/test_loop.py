@@ -47,8 +47,9 @@ class Host:
 
 
 class FailingOnce:
-    """An executor whose first ``carry_out`` raises, as the real one does when ``StartVm(count_failure)``
-    counts a failure and the state directory refuses the write (ENOSPC, EROFS, EIO)."""
+    """An executor whose first ``carry_out`` raises, as the real one did when ``StartVm(count_failure)``
+    counted a failure and the state directory refused the write (ENOSPC, EROFS, EIO); any action that
+    raises takes the same path."""
 
     def __init__(self) -> None:
         self.calls = 0
