@@ -368,6 +368,10 @@ class Runtime:
         """Observe first, then run the decision loop (DESIGN section 3)."""
         deadline = time.monotonic() + STARTUP_GRACE
         while (missing := self.world.observed()) and time.monotonic() < deadline:
+            # The STARTING report carries what is observed so far (as the policy's model of a starting
+            # node does): a restarted active shows the peer what it holds before it decides.
+            self.snapshot()
+            self._report = self._build_report()
             self.notifier.cycle_done(time.monotonic(), "starting: waiting for the first observation of "
                                      + ", ".join(m.split(" (")[0] for m in missing))
             with contextlib.suppress(TimeoutError):
@@ -445,11 +449,18 @@ class Runtime:
         log.info("shutting down")
         self.notifier.stopping(f"{self.node}: stopping")
         holds = self.loop.facts is not None and P.view.holds(self.loop.facts)
+        announce: Announce | None = self.announce
+        if self.announce.kind == "leaving" and not self.world.drbd_observed:
+            # `leaving` tells the peer "stopped; my report says what I hold". Without a DRBD observation
+            # the report cannot say it (a Primary would look like nothing held, and the peer would take
+            # it as a clean leave: no fence, no takeover, ever). Stop silently: the peer's loss rules apply.
+            log.warning("stopping before DRBD was observed: no `leaving` announcement (the peer cannot tell what is held here)")
+            announce = None
         phases: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
             ("stop decision loop", lambda: _cancel(loop_task)),
             ("stop actions", self.executor.close),
             ("answer waiting fence-peer handlers", _sync(self.fence_peer.close)),
-            (f"announce {self.announce.kind} to {self.peer}, stop heartbeats", lambda: self.heartbeat.stop(self.announce)),
+            (f"announce {announce.kind if announce else 'nothing'} to {self.peer}, stop heartbeats", lambda: self.heartbeat.stop(announce)),
             ("stop observers", self._stop_tasks),
             ("close the watchdog", _sync(lambda: self._close_watchdog(holds))),
             ("stop fencing", self._close_fencing),
