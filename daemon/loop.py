@@ -12,12 +12,16 @@ Invariants:
   than ``tick + policy.stall_threshold`` (SIGSTOP, swap, a long pause) is a
   stall: the heartbeat receivers are drained (a few loop iterations) and the
   next cycle has ``facts.stalled`` (the policy then re-observes for a full
-  heartbeat timeout before any fence or promotion).
+  heartbeat timeout before any fence or promotion); the flag stays until a
+  decision that saw it was taken (a cycle that fails does not drop it).
 - ``WATCHDOG=1`` only after a cycle that started on time and finished within
   ``stall_threshold``; ``STATUS=`` carries the current verdict sentence.
 - A bug in a cycle is logged with its traceback and the loop carries on
-  (the next cycle decides afresh from facts); nothing was carried out for
-  the cycle that failed.
+  (the next cycle decides afresh from facts): a failure before the Durable
+  is on disk carries nothing out; one while carrying out the actions (an
+  action, the decision log, ``after_cycle``) keeps the decision, whose
+  Durable is on disk, and leaves the rest to the next cycle. Such a cycle is
+  not "in time": a loop that fails every cycle stops feeding the watchdog.
 """
 
 from __future__ import annotations
@@ -119,8 +123,10 @@ class DecisionLoop:
                 for _ in range(DRAIN_ITERATIONS):
                     await asyncio.sleep(0)
                 start = self.clock()
+            decided = self.cycles
             ok = await self.cycle(stalled)
-            stalled = False
+            if self.cycles > decided:  # a decision that saw the stall was taken; a failed cycle passes it on
+                stalled = False
             end = self.clock()
             last = start
             self.last_cycle_seconds = end - start
@@ -140,15 +146,21 @@ class DecisionLoop:
             return False
         self.cycles += 1
         self.state, self.facts = decision.state, facts
-        code = decision.reason.code.value
-        if code != self._logged:
-            self._logged = code
-            self.decided_at = snap.wall
-            log_decision(decision, self.peer)
-            self.history.decision(DecisionEntry(snap.now, snap.wall, code, decision.phase.value, decision.reason.sentence,
-                                                action_names(decision.actions), str(decision.state.durable.epoch)))
         self.decision = decision
-        wake = self.executor.carry_out(decision, facts)
-        self.wake_at = wake if wake is not None else math.inf
-        self.host.after_cycle(decision, facts)
+        try:
+            code = decision.reason.code.value
+            if code != self._logged:
+                self._logged = code
+                self.decided_at = snap.wall
+                log_decision(decision, self.peer)
+                self.history.decision(DecisionEntry(snap.now, snap.wall, code, decision.phase.value, decision.reason.sentence,
+                                                    action_names(decision.actions), str(decision.state.durable.epoch)))
+            wake = self.executor.carry_out(decision, facts)
+            self.wake_at = wake if wake is not None else math.inf
+            self.host.after_cycle(decision, facts)
+        except Exception:  # the decision stands (its Durable is on disk); the policy repeats what did not happen
+            self.errors += 1
+            self.wake_at = math.inf
+            log.exception("carrying out the decision failed part-way; deciding again next cycle")
+            return False
         return True

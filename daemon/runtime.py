@@ -114,6 +114,7 @@ class Runtime:
         self.deciding = False
         self.coordinator_: FenceCoordinator | None = None
         self._fencing_swap: asyncio.Task[None] | None = None
+        self._monitor_task: asyncio.Future[Any] | None = None
         self._intent_seen: tuple[int, str] = (-1, "")
         self.watchdog_problem: str | None = None
 
@@ -267,11 +268,12 @@ class Runtime:
                 log.info("cleanup %d: fail counts of %s cleared", c.serial, ", ".join(cleared),
                          extra={"fields": {"CLEVER_REASON": "cleanup"}})
 
-    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
+    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Future[Any]:
         task = asyncio.ensure_future(coro)
         task.set_name(name)
         self._tasks.append(task)
         task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+        return task
 
     # ------------------------------------------------------------------ building
 
@@ -360,9 +362,9 @@ class Runtime:
         await self.drbd.start()
         self.alerts.start()
         for coro, name in ((self.pinger.run(), "gateway"), (self.poller.run(), "mount and address"),
-                           (self.images.run(), "save images"), (self._monitor_devices(), "fence devices"),
-                           (self.group.start(connect_timeout=5.0), "libvirt")):
+                           (self.images.run(), "save images"), (self.group.start(connect_timeout=5.0), "libvirt")):
             self._spawn(coro, name)
+        self._monitor_task = self._spawn(self._monitor_devices(), "fence devices")
         log.info("clever-clusterd %s started: node %s, peer %s, cluster %s, config %s",
                  VERSION, cfg.cluster.node, cfg.cluster.peer, cfg.cluster.name, self.config_path)
         self.notifier.ready(f"{cfg.cluster.node}: starting, observing")
@@ -378,6 +380,10 @@ class Runtime:
         """Observe first, then run the decision loop (DESIGN section 3)."""
         deadline = time.monotonic() + STARTUP_GRACE
         while (missing := self.world.observed()) and time.monotonic() < deadline:
+            # The STARTING report carries what is observed so far (as the policy's model of a starting
+            # node does): a restarted active shows the peer what it holds before it decides.
+            self.snapshot()
+            self._report = self._build_report()
             self.notifier.cycle_done(time.monotonic(), "starting: waiting for the first observation of "
                                      + ", ".join(m.split(" (")[0] for m in missing))
             with contextlib.suppress(TimeoutError):
@@ -407,16 +413,20 @@ class Runtime:
         self._spawn(wd.run(), "watchdog")
 
     async def _monitor_devices(self) -> None:
+        """Runs the current device monitor; a fencing reload cancels this task once to switch to the new one."""
         while True:
             monitor = self.monitor
             try:
-                await monitor.run(lambda _r: self.world.touch())
+                try:
+                    await monitor.run(lambda _r: self.world.touch())
+                except Exception:
+                    log.exception("fence device monitor failed")
+                    await asyncio.sleep(60)
             except asyncio.CancelledError:
-                if monitor is self.monitor:
-                    raise
-            except Exception:
-                log.exception("fence device monitor failed")
-                await asyncio.sleep(60)
+                task = asyncio.current_task()
+                if monitor is self.monitor or task is None or task.uncancel() > 0:
+                    raise  # a stop (also one that came with the switch)
+                # the switch, not a stop: go on with the new monitor
 
     def request_stop(self, *, restart: bool) -> None:
         """``clevervm daemon-restart`` (restart) or a signal: see the module docstring."""
@@ -451,12 +461,19 @@ class Runtime:
         log.info("shutting down")
         self.notifier.stopping(f"{self.node}: stopping")
         holds = self.loop.facts is not None and P.view.holds(self.loop.facts)
+        announce: Announce | None = self.announce
+        if self.announce.kind == "leaving" and not self.world.drbd_observed:
+            # `leaving` tells the peer "stopped; my report says what I hold". Without a DRBD observation
+            # the report cannot say it (a Primary would look like nothing held, and the peer would take
+            # it as a clean leave: no fence, no takeover, ever). Stop silently: the peer's loss rules apply.
+            log.warning("stopping before DRBD was observed: no `leaving` announcement (the peer cannot tell what is held here)")
+            announce = None
         phases: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
             ("stop decision loop", lambda: _cancel(loop_task)),
             ("stop the metrics endpoint", lambda: asyncio.to_thread(self.metrics.stop)),
             ("stop actions", self.executor.close),
             ("answer waiting fence-peer handlers", _sync(self.fence_peer.close)),
-            (f"announce {self.announce.kind} to {self.peer}, stop heartbeats", lambda: self.heartbeat.stop(self.announce)),
+            (f"announce {announce.kind if announce else 'nothing'} to {self.peer}, stop heartbeats", lambda: self.heartbeat.stop(announce)),
             ("stop observers", self._stop_tasks),
             ("close the watchdog", _sync(lambda: self._close_watchdog(holds))),
             ("stop fencing", self._close_fencing),
@@ -550,6 +567,10 @@ class Runtime:
         last_checked = self.monitor.last_checked
         self.levels = levels
         self._make_fencing(cfg, levels, last_checked)
+        if self._monitor_task is not None:
+            # The task still runs the old monitor (old devices, old identity book): switch it to the
+            # new one, or devices added by the reload are never checked, hence never trusted.
+            self._monitor_task.cancel()
         log.info("fencing rebuilt from the reloaded configuration (%d levels)", len(levels))
         self.world.touch()
 

@@ -1,11 +1,14 @@
 """What the runtime persists in ``cluster.state_dir`` besides the parts' own files.
 
 - ``policy-state.json``: the policy's ``Durable`` (epoch, episode, grants, the
-  per-boot "peer heard" marker, the block, the operator counters), written
+  per-boot "peer heard" marker, the block, the operator counters, the
+  peer's clean leave), every field of it (a test checks), written
   atomically before the actions of the decision that changed it.
 - ``fail-counts.json``: per VM, the failures counted on this node with the
   wall-clock time and boot id of the last one, and the serial of the last
-  `clevervm cleanup` applied.
+  `clevervm cleanup` applied. A write that fails is logged and kept in
+  memory until the next change writes it (counts place VMs; they are not
+  safety state, and their callers must not fail).
 
 The heartbeat keeps the incarnation and the admin intent, the fencing
 coordinator its fence records, the identity book its device verdicts.
@@ -26,7 +29,10 @@ from typing import Any
 
 from clever_cluster import policy as P
 
+from . import logsetup
 from .persist import atomic_write_json, read_json
+
+log = logsetup.get("daemon.statefiles")
 
 DURABLE_FILE = "policy-state.json"
 FAIL_COUNTS_FILE = "fail-counts.json"
@@ -86,6 +92,7 @@ def durable_to_json(d: P.Durable) -> dict[str, Any]:
         "block": None if d.block is None else {"cause": d.block.cause.value, "detail": d.block.detail},
         "grant_counter": d.grant_counter, "grant_out": _grant(d.grant_out), "grant_ack": _grant(d.grant_ack),
         "declined": d.declined, "carried_on": d.carried_on, "unblock_seen": d.unblock_seen, "fence_seen": d.fence_seen,
+        "peer_left": d.peer_left,
     }
 
 
@@ -106,6 +113,8 @@ def durable_from_json(v: Any) -> P.Durable:
         grant_counter=int(v["grant_counter"]), grant_out=_grant_in(v["grant_out"]), grant_ack=_grant_in(v["grant_ack"]),
         declined=_opt_str(v["declined"]), carried_on=_opt_str(v["carried_on"]),
         unblock_seen=int(v["unblock_seen"]), fence_seen=int(v["fence_seen"]),
+        # absent in files written before the field existed: the peer's clean leave is then not known
+        peer_left=_opt_str(v.get("peer_left")),
     )
 
 
@@ -148,6 +157,7 @@ class FailCounts:
         self.path = Path(state_dir) / FAIL_COUNTS_FILE
         self.counts: dict[str, FailCount] = {}
         self.cleanup_seen = 0
+        self.write_error: str | None = None  # the last write failed: kept in memory, written with the next change
 
     def load(self) -> None:
         try:
@@ -165,8 +175,20 @@ class FailCounts:
             raise StateError(f"{self.path}: not a fail-count file of format {FORMAT}: {e}") from None
 
     def _save(self) -> None:
-        atomic_write_json(self.path, {"format": FORMAT, "cleanup_seen": self.cleanup_seen,
-                                      "vms": {k: dataclasses.asdict(v) for k, v in sorted(self.counts.items())}})
+        try:
+            atomic_write_json(self.path, {"format": FORMAT, "cleanup_seen": self.cleanup_seen,
+                                          "vms": {k: dataclasses.asdict(v) for k, v in sorted(self.counts.items())}})
+        except OSError as e:
+            # Callers are the VM monitor's callback and the decision loop's actions: a raise there
+            # froze the VM facts or ended the loop. A count only places VMs; it is not safety state.
+            if self.write_error is None:
+                log.error("cannot write %s: %s; fail counts are kept in memory and written with the next change",
+                          self.path, e.strerror or e, extra={"fields": {"CLEVER_REASON": "state_write_failed"}})
+            self.write_error = str(e.strerror or e)
+            return
+        if self.write_error is not None:
+            log.info("%s written again", self.path)
+        self.write_error = None
 
     def add(self, vm: str, wall: float, boot_id: str) -> int:
         old = self.counts.get(vm)

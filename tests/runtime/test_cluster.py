@@ -196,3 +196,49 @@ def test_maintenance_mode_takes_no_action(lab: NodeLab) -> None:
     wait_active(lab)
     lab.check()
 
+
+
+def test_active_restart_while_the_standby_is_shut_down_fences_nobody(lab: NodeLab) -> None:
+    """The standby shuts down cleanly and stays off; then the active's daemon is restarted (killed and
+    started: resources kept). The restarted daemon has not heard its peer in this run; the policy's
+    Durable.peer_left says it left cleanly. Before the state file kept that field, the active fenced
+    the machine in maintenance at once (and fencing.after = on powered it back on)."""
+    active = wait_active(lab)
+    standby = other(lab, active)
+    wait_code(standby, "no_action_secondary")
+    lab.shutdown(standby.index)
+    wait_code(active, "peer_left", timeout=30)
+    start = lab.mark("restart the active's daemon")
+    active.kill_daemon()
+    active.start_daemon()
+    wait_code(active, "peer_left", timeout=60)
+    after_decisions(active, 60)  # longer than the fence delays (3 s + 0.5 s at a 0.1 s tick)
+    st = cli_json(active, "status")
+    assert st["fencing"]["records"] == [] and st["fencing"]["attempt"] is None, st["fencing"]
+    assert st["phase"] == "PRIMARY" and code(active) == "peer_left"
+    assert role_transitions(lab, active.name, start) == [] and standby.power == "off"
+    lab.check()
+
+
+def test_clean_stop_of_the_grantee_racing_a_handover(lab: NodeLab) -> None:
+    """`migrate` on the active; while the standby promotes under the grant it acknowledged (it counts as
+    active from then on), it is stopped cleanly (SIGTERM). The old active is banned, so nobody can take
+    over: the stopping grantee stops what it had started before it leaves, and the old active, which has
+    no fence record and no longer hears the grantee, does not take the resources back (S1): never two
+    active, no acknowledged write lost, nothing left running on the node whose daemon stopped."""
+    import signal
+
+    old = wait_active(lab)
+    new = other(lab, old)
+    wait_code(new, "no_action_secondary")
+    acked = [old.write()["id"] for _ in range(3)]
+    cli_json(old, "migrate")
+    wait_code(new, {"handover_acknowledged", "handover_promoting", "handover_waiting_drbd", "sequence_in_progress"}, timeout=60)
+    lab.mark("SIGTERM the grantee")
+    assert new.daemon is not None
+    new.daemon.signal(signal.SIGTERM)
+    wait_for(lambda: new.daemon is not None and not new.daemon.alive(), 120, "the grantee's daemon to stop", interval=0.2)
+    assert not lab.active()[new.name], lab.active()
+    wait_code(old, "peer_left", timeout=30)
+    assert not lab.active()[old.name] and acked
+    lab.check()
