@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as config_mod
+from .console import password_cli
 from .control import CommandFailed, ControlClient, DaemonUnreachable, socket_path
 from .handler_cli import handler_verb, run_handler
 
@@ -178,6 +179,10 @@ def cmd_handler_help(ctx: Context) -> int:  # dispatched before argparse; listed
     return run_handler([ctx.args.verb])
 
 
+def cmd_console_password(ctx: Context) -> int:
+    return password_cli.run(ctx.args)
+
+
 def cmd_daemon_restart(ctx: Context) -> int:
     got = ctx.call("shutdown", restart=True)
     print(f"clever-clusterd is restarting; the peer expects it back within {got['expected']:g}s "
@@ -191,6 +196,7 @@ VERBS: dict[str, tuple[Callable[[Context], int], str]] = {
     "fence-peer": (cmd_handler_help, "DRBD's fence-peer handler (exit codes are DRBD's: 4 outdated, 7 fenced, 1 otherwise)"),
     "unfence-peer": (cmd_handler_help, "DRBD's unfence-peer handler"),
     "daemon-restart": (cmd_daemon_restart, "restart this node's daemon, telling the peer to expect it back (resources keep running)"),
+    "console-password": (cmd_console_password, "set the web console's password (writes a salted hash; the console is read-only without one)"),
 }
 READ_VERBS = {"status"}
 
@@ -204,6 +210,8 @@ def _parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
         if name in READ_VERBS:
             sp.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "console-password":
+            password_cli.add_arguments(sp)
     return p
 
 

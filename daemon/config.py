@@ -257,6 +257,7 @@ class ConsoleConfig:
     password_file: Path | None = opt(None, "Salted password hash made by `clevervm console-password`; without it the console is read-only.")
     tls_cert: Path | None = opt(None, "TLS certificate for the console.")
     tls_key: Path | None = opt(None, "TLS private key for the console.")
+    allowed_hosts: tuple[str, ...] = opt((), "Host names the console answers to besides IP addresses, `localhost` and this machine's own name (a defence against DNS rebinding).")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
