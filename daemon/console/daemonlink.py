@@ -14,6 +14,9 @@ Invariants:
   snapshot with ``error`` set, never an exception out of the feed.
 - Every call has a deadline and uses its own connection, so a daemon that
   restarts or hangs costs one timed-out call, not a wedged console.
+- Deadlines use ``asyncio.timeout``, not ``wait_for``: on Python 3.11
+  ``wait_for`` can swallow a cancellation that races with completion, and a
+  feed that ignores its cancellation never stops.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ class DaemonLink:
     async def call(self, cmd: str, timeout: float | None = None, **args: Any) -> Any:
         """The result of ``cmd``; raises DaemonUnreachable or CommandFailed (as ControlClient does)."""
         try:
-            return await asyncio.wait_for(self._call(cmd, args), timeout or self.timeout)
+            async with asyncio.timeout(timeout or self.timeout):
+                return await self._call(cmd, args)
         except TimeoutError:
             raise DaemonUnreachable(f"no answer from the daemon within {timeout or self.timeout:g} s") from None
 
@@ -103,7 +107,8 @@ class Feed:
         if self.seq <= seq:
             changed = self._changed
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await changed.wait()
         return self.snapshot
 
     async def run(self) -> None:
@@ -116,7 +121,8 @@ class Feed:
             if want_history:
                 next_history = loop.time() + self.history_interval
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), self.interval)
+                async with asyncio.timeout(self.interval):
+                    await self._poke.wait()
 
     async def refresh(self, *, history: bool = True) -> None:
         snap = dict(self.snapshot)

@@ -12,6 +12,7 @@ Invariants:
   at most), time to deliver a response or one stream chunk
   (``write_timeout``: a browser that stops reading is dropped).
 - A handler that raises is answered with 500 and logged; the server goes on.
+- Deadlines use ``asyncio.timeout`` (``wait_for`` can lose a cancellation on 3.11).
 - Streams (server-sent events) are async iterators of chunks; the
   connection closes when the iterator ends, the client goes away or the
   server closes.
@@ -113,7 +114,8 @@ class HttpServer:
                 with contextlib.suppress(BaseException):
                     await t
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
+                async with asyncio.timeout(2):
+                    await self._server.wait_closed()
             self._server = None
 
     # ------------------------------------------------------------------ one connection
@@ -134,8 +136,8 @@ class HttpServer:
             first = True
             while True:
                 try:
-                    req = await asyncio.wait_for(self._read_request(conn, reader, remote, tls),
-                                                 self.request_timeout if first else self.idle_timeout)
+                    async with asyncio.timeout(self.request_timeout if first else self.idle_timeout):
+                        req = await self._read_request(conn, reader, remote, tls)
                 except TimeoutError:
                     if conn.their_state is h11.SEND_BODY or (conn.their_state is h11.IDLE and first):
                         await self._send_error(conn, writer, 408, "request timeout")
@@ -167,7 +169,8 @@ class HttpServer:
             self._conns.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1)
+                async with asyncio.timeout(1):
+                    await writer.wait_closed()
 
     async def _read_request(self, conn: h11.Connection, reader: asyncio.StreamReader, remote: str, tls: bool) -> Request | None:
         head: h11.Request | None = None
@@ -213,7 +216,8 @@ class HttpServer:
             return True
         writer.write(data)
         try:
-            await asyncio.wait_for(writer.drain(), self.write_timeout)
+            async with asyncio.timeout(self.write_timeout):
+                await writer.drain()
         except (TimeoutError, ConnectionError):
             return False
         return True
