@@ -281,7 +281,9 @@ class ConsoleApp:
         except CommandFailed as e:
             log.warning("console action %s from %s (session %s) refused by the daemon: %s", what, req.remote, s.label, e,
                         extra={"fields": {**fields, "CLEVER_CONSOLE_RESULT": f"refused:{e.code}"}})
-            return _json(409, {"ok": False, "error": str(e), "code": e.code, "details": e.details})
+            message = (f"this clever-clusterd does not offer {action.command!r} (older than the console?)" if e.code == "unknown_command"
+                       else str(e))
+            return _json(409, {"ok": False, "error": message, "code": e.code, "details": e.details})
         except DaemonUnreachable as e:
             log.error("console action %s from %s (session %s) failed: %s", what, req.remote, s.label, e,
                       extra={"fields": {**fields, "CLEVER_CONSOLE_RESULT": "unreachable"}})

@@ -73,10 +73,17 @@ $("logout").addEventListener("click", async () => {
 
 // ------------------------------------------------------------------ actions
 
+let actionsKey = "";
+
 function renderActions() {
   const box = $("action-buttons");
-  box.replaceChildren();
   const v = current;
+  // Redraw only when something the buttons depend on changed: a button must
+  // not be replaced under the operator's finger by a routine update.
+  const key = JSON.stringify([session.mode, session.actions, v && v.daemon.ok, v && v.summary.active, v && v.nodes.map((n) => n.name)]);
+  if (key === actionsKey) return;
+  actionsKey = key;
+  box.replaceChildren();
   const enabled = session.mode === "unlocked" && v && v.daemon.ok;
   $("actions-note").textContent =
     session.mode === "read-only" ? "Read-only: set console.password_file (clevervm console-password) to allow actions." :
@@ -157,7 +164,7 @@ function renderNodes(v) {
     card.dataset.node = n.name;
     const h = el("h2", null, n.name);
     if (n.active) h.appendChild(badge("ACTIVE", "ok"));
-    else if (n.active === false) h.appendChild(badge("standby node", "muted"));
+    else if (n.active === false) h.appendChild(badge("passive", "muted"));
     if (n.local) h.appendChild(badge("this node", "muted"));
     card.appendChild(h);
     const line = el("p", "state");
