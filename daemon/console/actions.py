@@ -20,7 +20,7 @@ from typing import Any, Literal
 from ..control import CommandFailed, DaemonUnreachable
 from .daemonlink import DaemonLink
 
-NodeChoice = Literal["none", "any", "active"]
+NodeChoice = Literal["none", "any", "local"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,21 +28,24 @@ class Action:
     name: str
     label: str
     command: str
-    node: NodeChoice  # "active": acts on the active node; "any": the operator picks a node
+    node: NodeChoice  # "local": acts on the console's own node (the daemon's); "any": the operator picks a node
     sentence: str     # {node} and {other} are filled in
     extra: tuple[tuple[str, Any], ...] = ()
+    sentence_passive: str = ""  # when ``node`` is not the active node, if that changes what happens
 
     def args(self, node: str | None) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.extra)
-        if self.node != "none":
+        if self.node == "any":
             out["node"] = node
         return out
 
 
 ACTIONS: tuple[Action, ...] = (
-    Action("migrate", "Migrate", "migrate", "active",
+    # `migrate` bans the node whose daemon receives it (as `clevervm migrate` on that node): this console's node.
+    Action("migrate", "Migrate", "migrate", "local",
            "{node} is banned, so the resources move to {other} by handover: the VMs are saved on {node} and restored on "
-           "{other}, once the pre-flight passes ({other} online, UpToDate, eligible; save space). The ban stays until Unmigrate."),
+           "{other}, once the pre-flight passes ({other} online, UpToDate, eligible; save space). The ban stays until Unmigrate.",
+           sentence_passive="{node} is banned; it does not hold the resources, so nothing moves. The ban stays until Unmigrate."),
     Action("unmigrate", "Unmigrate", "unmigrate", "none",
            "Every ban is lifted. Nothing moves now: stickiness keeps the resources where they are."),
     Action("standby", "Standby", "standby", "any",
@@ -69,32 +72,35 @@ class ActionRefused(Exception):
     """The request names no valid action or node (the operator's input, not the daemon's answer)."""
 
 
-def resolve(name: Any, node: Any, nodes: list[str], active: str | None) -> tuple[Action, str | None]:
-    """The action and the node it acts on, or ActionRefused saying why."""
+def resolve(name: Any, node: Any, nodes: list[str]) -> tuple[Action, str | None]:
+    """The action and the node it acts on (``nodes[0]`` is the console's own), or ActionRefused saying why."""
     action = BY_NAME.get(name) if isinstance(name, str) else None
     if action is None:
         raise ActionRefused(f"unknown action {name!r}")
     if action.node == "none":
         return action, None
-    if action.node == "active":
-        if active is None:
-            raise ActionRefused(f"{action.label}: no node is active, so nothing can move")
-        if node is not None and node != active:
-            raise ActionRefused(f"{action.label} moves the resources away from the active node ({active}), not from {node}")
-        return action, active
+    if action.node == "local":
+        local = nodes[0] if nodes else None
+        if local is None:
+            raise ActionRefused(f"{action.label}: the daemon has not said which node it is")
+        if node is not None and node != local:
+            raise ActionRefused(f"{action.label} acts on the node this console runs on ({local}), not on {node}: "
+                                f"use {node}'s console, or Standby {node}")
+        return action, local
     if not isinstance(node, str) or node not in nodes:
         raise ActionRefused(f"{action.label}: choose one of the nodes {', '.join(nodes)}")
     return action, node
 
 
-def fixed_sentence(action: Action, node: str | None, nodes: list[str]) -> str:
+def fixed_sentence(action: Action, node: str | None, nodes: list[str], active: str | None) -> str:
     other = next((n for n in nodes if n != node), "the other node")
-    return action.sentence.format(node=node or "", other=other)
+    text = action.sentence_passive if action.sentence_passive and node != active else action.sentence
+    return text.format(node=node or "", other=other)
 
 
-async def preview(link: DaemonLink, action: Action, node: str | None, nodes: list[str]) -> dict[str, Any]:
+async def preview(link: DaemonLink, action: Action, node: str | None, nodes: list[str], active: str | None) -> dict[str, Any]:
     """What will happen next: the daemon's own answer where it offers one, else the fixed sentence."""
-    fixed = fixed_sentence(action, node, nodes)
+    fixed = fixed_sentence(action, node, nodes, active)
     try:
         got = await link.call("preview", command=action.command, args=action.args(node))
     except CommandFailed as e:

@@ -245,24 +245,24 @@ class ConsoleApp:
 
     # ------------------------------------------------------------------ actions
 
-    def _resolve(self, req: Request) -> tuple[actions.Action, str | None, list[str]]:
+    def _resolve(self, req: Request) -> tuple[actions.Action, str | None, list[str], str | None]:
         body = _body(req)
         if body is None:
             raise actions.ActionRefused("send {\"action\": ..., \"node\": ...}")
         v = view.build(self.feed.snapshot)
-        nodes = [n["name"] for n in v["nodes"]]
-        action, node = actions.resolve(body.get("action"), body.get("node"), nodes, v["summary"]["active"])
-        return action, node, nodes
+        nodes = [n["name"] for n in v["nodes"]]  # the console's own node first
+        action, node = actions.resolve(body.get("action"), body.get("node"), nodes)
+        return action, node, nodes, v["summary"]["active"]
 
     async def _preview(self, req: Request) -> Response:
         _s, refused = self._authorised(req)
         if refused is not None:
             return refused
         try:
-            action, node, nodes = self._resolve(req)
+            action, node, nodes, active = self._resolve(req)
         except actions.ActionRefused as e:
             return _error(400, str(e))
-        got = await actions.preview(self.link, action, node, nodes)
+        got = await actions.preview(self.link, action, node, nodes, active)
         return _json(200, {"action": action.name, "label": action.label, "node": node, **got})
 
     async def _action(self, req: Request) -> Response:
@@ -271,7 +271,7 @@ class ConsoleApp:
             return refused
         assert s is not None
         try:
-            action, node, _nodes = self._resolve(req)
+            action, node, _nodes, _active = self._resolve(req)
         except actions.ActionRefused as e:
             return _error(400, str(e))
         fields = {"CLEVER_ACTION": action.name, "CLEVER_CONSOLE_REMOTE": req.remote, "CLEVER_CONSOLE_SESSION": s.label}

@@ -1,16 +1,21 @@
 """The page's view model: the daemon's status (and history) turned into what the page draws.
 
 This is the one place that knows the daemon's status schema
-(docs/status-schema.md). The browser script only draws what this returns:
-node cards, sections of ``[label, value, tone]`` rows, an optional progress
-bar, the decision list and the timeline bar.
+(docs/status-schema.md, ``schema`` 1: ``nodes``, ``active_node``,
+``decision``, ``drbd``, ``gateway``, ``fencing``, ``intent``...). A daemon
+without that schema (main's skeleton: phase, verdict and the ``heartbeat``
+part) is read through the same functions: :func:`_node_records` and
+:func:`_intent_record` first bring both shapes to schema 1's. The browser
+script only draws what :func:`build` returns: node cards, sections of
+``[label, value, tone]`` rows, an optional progress bar, the decision list
+and the timeline bar.
 
 Invariants:
 - :func:`build` never raises on a document it does not understand: every
   read goes through :func:`_get`, which yields None for a missing key or a
   value of the wrong type, and a section with nothing to show says "not
   available" instead of disappearing or breaking the page.
-- Pure: the wall-clock time and the local node come in as arguments.
+- Pure: the wall-clock time comes in as an argument.
 - Tones are one of ``ok``, ``warn``, ``bad``, ``muted``.
 """
 
@@ -56,9 +61,19 @@ def _str(obj: Any, *path: str | int) -> str | None:
     return v if isinstance(v, str) and v else None
 
 
+def _bool(obj: Any, *path: str | int) -> bool | None:
+    v = _get(obj, *path, kind=bool)
+    return v if isinstance(v, bool) else None
+
+
 def _list(obj: Any, *path: str | int) -> list[Any]:
     v = _get(obj, *path, kind=list)
     return v if v is not None else []
+
+
+def _dict(obj: Any, *path: str | int) -> dict[str, Any]:
+    v = _get(obj, *path, kind=dict)
+    return v if v is not None else {}
 
 
 def _clock(wall: float | None) -> str:
@@ -79,84 +94,83 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x * 100:.1f}%"
 
 
-def _section(sid: str, title: str, rows: list[Row], note: str | None = None, progress: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"id": sid, "title": title, "available": bool(rows), "note": note or ("" if rows else NA), "rows": rows, "progress": progress}
+def _bytes(n: float | None) -> str:
+    if n is None:
+        return "?"
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _section(sid: str, title: str, rows: list[Row], progress: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"id": sid, "title": title, "available": bool(rows), "note": "" if rows else NA, "rows": rows, "progress": progress}
+
+
+# --------------------------------------------------------------------------- normalising the two shapes
+
+
+def _skeleton_node(name: str, *, local: bool, phase: str | None, hb: dict[str, Any] | None, report: dict[str, Any] | None) -> dict[str, Any]:
+    """A schema-1 node record from what a skeleton daemon says (its own phase; the peer's heartbeat report)."""
+    rec: dict[str, Any] = {"name": name, "self": local, "phase": phase}
+    if local:
+        rec.update(online=True, state="alive")
+    else:
+        rec.update(online=_str(hb, "state") == "alive", state=_str(hb, "state"), silent_for_seconds=_num(hb, "silent_for"))
+    res = _dict(report, "resources")
+    if report is not None:
+        rec.update(phase=_str(report, "phase") or phase, eligible=_bool(report, "eligible"), gateway_score=_num(report, "gateway_score"),
+                   drbd=_dict(res, "drbd") or None, mounted=_bool(res, "mounted"), ip=_bool(res, "ip"),
+                   vms={_str(v, "name"): _str(v, "state") or "unknown" for v in _list(res, "vms") if _str(v, "name")},
+                   fail_counts={_str(v, "name"): _num(v, "fail_count") for v in _list(res, "vms") if _str(v, "name") and _num(v, "fail_count")})
+        epoch = _dict(report, "epoch")
+        if epoch:
+            rec["epoch"] = f"{_get(epoch, 'counter')}@{_get(epoch, 'node')}"
+    return rec
+
+
+def _node_records(st: dict[str, Any]) -> list[dict[str, Any]]:
+    """This node first, then the peer, in schema 1's shape."""
+    recs = [n for n in _list(st, "nodes") if isinstance(n, dict) and _str(n, "name")]
+    if recs:
+        return sorted(recs, key=lambda n: not _bool(n, "self"))
+    hb = _dict(st, "heartbeat") or None
+    local = _skeleton_node(_str(st, "node") or "this node", local=True, phase=_str(st, "phase"), hb=hb, report=None)
+    peer_report = _dict(hb, "report") or None if _str(hb, "state") == "alive" else None
+    peer = _skeleton_node(_str(st, "peer") or _str(hb, "name") or "peer", local=False, phase=None, hb=hb, report=peer_report)
+    return [local, peer]
+
+
+def _intent_record(st: dict[str, Any], now: float) -> dict[str, Any] | None:
+    """Schema 1's ``intent`` (bans with ``remaining_seconds`` and ``active``), or the skeleton's heartbeat record."""
+    intent = _get(st, "intent", kind=dict)
+    if intent is not None:
+        return dict(intent)
+    rec = _get(st, "heartbeat", "intent", "record", kind=dict)
+    if rec is None:
+        return None
+    bans = []
+    for b in _list(rec, "bans"):
+        until = _num(b, "until")
+        bans.append({"node": _str(b, "node"), "until": until, "active": until is None or until > now,
+                     "remaining_seconds": None if until is None else max(0.0, until - now)})
+    return {**rec, "bans": bans, "acknowledged_by_peer": _bool(st, "heartbeat", "intent", "acknowledged")}
 
 
 # --------------------------------------------------------------------------- nodes
 
 
-def _local_report(st: dict[str, Any]) -> dict[str, Any] | None:
-    """This node's own report (the record it sends its peer), where the status carries it."""
-    for path in (("local", "report"), ("report",), ("local",)):
-        rep = _get(st, *path, kind=dict)
-        if rep is not None and ("phase" in rep or "resources" in rep):
-            return dict(rep)
-    return None
-
-
-def _resource_rows(report: dict[str, Any] | None) -> list[Row]:
-    res = _get(report, "resources", kind=dict)
-    if res is None:
-        return []
-    rows: list[Row] = []
-    drbd = _get(res, "drbd", kind=dict) or {}
-    role, disk = _str(drbd, "role"), _str(drbd, "disk")
-    if role or disk:
-        rows.append(["DRBD", f"{role or '?'} / {disk or '?'}", "ok" if disk == "UpToDate" else "warn"])
-    for label, key in (("filesystem", "mounted"), ("floating IP", "ip")):
-        v = _get(res, key, kind=bool)
-        rows.append([label, NA if v is None else ("mounted" if key == "mounted" and v else "up" if v else "no"), "muted" if not v else "ok"])
-    for vm in _list(res, "vms"):
-        name, state = _str(vm, "name"), _str(vm, "state") or "unknown"
-        if name:
-            fails = _num(vm, "fail_count")
-            extra = f" ({int(fails)} failures)" if fails else ""
-            rows.append([f"VM {name}", state + extra, "ok" if state == "running" else "bad" if state == "crashed" or fails else "muted"])
-    return rows
-
-
-def _node(name: str, *, local: bool, state: str, tone: str, phase: str | None, report: dict[str, Any] | None,
-          badges: list[dict[str, str]]) -> dict[str, Any]:
-    gs = _num(report, "gateway_score")
-    rows = _resource_rows(report)
-    if gs is not None:
-        rows.append(["gateway score", f"{gs:g}", "ok" if gs > 0 else "bad"])
-    eligible = _get(report, "eligible", kind=bool)
-    if eligible is False:
-        why = ", ".join(str(x) for x in _list(report, "ineligible_reasons")) or "no reason given"
-        rows.append(["eligible", f"no: {why}", "warn"])
-    epoch = _get(report, "epoch", kind=dict)
-    if epoch is not None:
-        rows.append(["epoch", f"{_get(epoch, 'counter')} ({_get(epoch, 'node')})", "muted"])
-    return {"name": name, "local": local, "state": state, "tone": tone, "phase": phase or "?",
-            "active": phase in ACTIVE_PHASES if phase else None, "badges": badges, "rows": rows,
-            "note": "" if rows else "resources not reported"}
-
-
-def _intent_badges(record: dict[str, Any] | None, node: str, now: float) -> list[dict[str, str]]:
-    out = []
-    for ban in _list(record, "bans"):
-        if _str(ban, "node") == node:
-            until = _num(ban, "until")
-            if until is None:
-                out.append({"text": "banned (migrate)", "tone": "warn"})
-            elif until > now:
-                out.append({"text": f"banned for {_seconds(until - now)}", "tone": "warn"})
-    if node in [x for x in _list(record, "standby") if isinstance(x, str)]:
-        out.append({"text": "standby", "tone": "warn"})
-    return out
-
-
-def _peer_state(hb: dict[str, Any] | None) -> tuple[str, str]:
-    state = _str(hb, "state")
-    if state is None:
+def _state_text(rec: dict[str, Any]) -> tuple[str, str]:
+    if _bool(rec, "self"):
+        return "online (this console's node)", "ok"
+    state = _str(rec, "state")
+    silent = _num(rec, "silent_for_seconds")
+    if state in (None, "unknown"):
         return "unknown", "muted"
-    silent = _num(hb, "silent_for")
     if state == "alive":
         return "online", "ok"
     if state == "lost":
-        return f"offline (silent {_seconds(silent)})" if silent is not None else "offline", "bad"
+        return (f"offline (silent {_seconds(silent)})" if silent is not None else "offline"), "bad"
     if state == "left":
         return "stopped (announced a clean stop)", "warn"
     if state == "restarting":
@@ -166,52 +180,109 @@ def _peer_state(hb: dict[str, Any] | None) -> tuple[str, str]:
     return state, "warn"
 
 
+def _badges(name: str, intent: dict[str, Any] | None) -> list[dict[str, str]]:
+    out = []
+    for ban in _list(intent, "bans"):
+        if _str(ban, "node") == name and _bool(ban, "active") is not False:
+            left = _num(ban, "remaining_seconds")
+            out.append({"text": "banned (migrate)" if left is None else f"banned for {_seconds(left)}", "tone": "warn"})
+    if name in [x for x in _list(intent, "standby") if isinstance(x, str)]:
+        out.append({"text": "standby", "tone": "warn"})
+    if _bool(intent, "maintenance"):
+        out.append({"text": "maintenance", "tone": "warn"})
+    return out
+
+
+def _node_card(rec: dict[str, Any], intent: dict[str, Any] | None, not_active_because: list[str]) -> dict[str, Any]:
+    name = _str(rec, "name") or "?"
+    state, tone = _state_text(rec)
+    online = _bool(rec, "self") or _str(rec, "state") == "alive"
+    phase = _str(rec, "phase") if online else None
+    rows: list[Row] = []
+    if online:
+        drbd = _dict(rec, "drbd")
+        role, disk = _str(drbd, "role"), _str(drbd, "disk")
+        if role or disk:
+            rows.append(["DRBD", f"{role or '?'} / {disk or '?'}", "ok" if disk == "UpToDate" else "warn"])
+        for label, key, yes in (("filesystem", "mounted", "mounted"), ("floating IP", "ip", "up")):
+            v = _bool(rec, key)
+            if v is not None:
+                rows.append([label, yes if v else "no", "ok" if v else "muted"])
+        fails = _dict(rec, "fail_counts")
+        for vm, vstate in sorted(_dict(rec, "vms").items()):
+            n = _num(fails, vm)
+            text = (vstate if isinstance(vstate, str) else "unknown") + (f" ({n:g} failures)" if n else "")
+            rows.append([f"VM {vm}", text, "ok" if vstate == "running" else "bad" if vstate == "crashed" or n else "muted"])
+        gs = _num(rec, "gateway_score")
+        if gs is not None:
+            rows.append(["gateway score", f"{gs:g}", "ok" if gs > 0 else "bad"])
+        if _bool(rec, "eligible") is False:
+            rows.append(["eligible", "no", "warn"])
+        if _str(rec, "epoch"):
+            rows.append(["epoch", _str(rec, "epoch"), "muted"])
+        if _bool(rec, "self") and not_active_because:
+            rows.append(["not active because", "; ".join(not_active_because), "muted"])
+    return {"name": name, "local": bool(_bool(rec, "self")), "state": state, "tone": tone, "phase": phase or "?",
+            "active": phase in ACTIVE_PHASES if phase else None, "badges": _badges(name, intent), "rows": rows,
+            "note": "" if rows else ("resources not reported" if online else "nothing known while it is not heard")}
+
+
 # --------------------------------------------------------------------------- sections
 
 
-def _drbd_section(st: dict[str, Any], local_rep: dict[str, Any] | None) -> dict[str, Any]:
+def _drbd_section(st: dict[str, Any], local: dict[str, Any]) -> dict[str, Any]:
     d = _get(st, "drbd", kind=dict)
     rows: list[Row] = []
     progress = None
     if d is not None:
-        res = _str(d, "resource")
         conn = _str(d, "connection")
-        rows.append(["resource", res or "?", "muted"])
+        rows.append(["resource", _str(d, "resource") or "?", "muted"])
         rows.append(["connection", conn or "?", "ok" if conn == "Connected" else "bad"])
         rows.append(["roles", f"{_str(d, 'role') or '?'} / {_str(d, 'peer_role') or '?'}", "muted"])
         disk, pdisk = _str(d, "disk"), _str(d, "peer_disk")
         rows.append(["disks", f"{disk or '?'} / {pdisk or '?'}", "ok" if disk == pdisk == "UpToDate" else "warn"])
-        oos = _num(d, "out_of_sync_bytes")
+        if _str(d, "replication"):
+            rows.append(["replication", _str(d, "replication"), "muted"])
+        oos = _num(d, "out_of_sync_kib")
         if oos:
-            rows.append(["out of sync", f"{oos / 2**20:.1f} MiB", "warn"])
-        done = _num(d, "resync", "done")
-        if done is None:
-            pct = _num(d, "sync_percent")
-            done = pct / 100 if pct is not None else None
-        if done is not None and done < 1:
-            eta = _num(d, "resync", "eta_seconds")
-            progress = {"label": "resync" + (f", {_seconds(eta)} left" if eta is not None else ""), "fraction": max(0.0, min(1.0, done))}
-        if _get(d, "split_brain", kind=bool):
+            rows.append(["out of sync", _bytes(oos * 1024), "warn"])
+        pct = _num(d, "resync_percent")
+        if pct is not None and pct < 100:
+            progress = {"label": "resync", "fraction": max(0.0, min(1.0, pct / 100))}
+        if _bool(d, "split_brain"):
             rows.append(["split brain", "DRBD reports split brain", "bad"])
-        sus = _str(d, "suspended")
-        if sus:
-            rows.append(["I/O", f"suspended ({sus})", "bad"])
+        suspended = [str(x) for x in _list(d, "suspended")]
+        if suspended:
+            rows.append(["I/O", f"suspended ({', '.join(suspended)})", "bad"])
+        if _bool(d, "config_safe") is False:
+            rows.append(["configuration", "; ".join(str(x) for x in _list(d, "config_issues")) or "unsafe", "bad"])
+        if _str(d, "error"):
+            rows.append(["error", _str(d, "error"), "bad"])
     else:
-        drbd = _get(local_rep, "resources", "drbd", kind=dict)
-        if drbd is not None:
-            rows.append(["connection", _str(drbd, "connection") or "?", "ok" if _str(drbd, "connection") == "Connected" else "bad"])
-            rows.append(["disks", f"{_str(drbd, 'disk') or '?'} / {_str(drbd, 'peer_disk') or '?'}", "muted"])
-    return _section("drbd", "DRBD", rows, progress=progress)
+        drbd = _dict(local, "drbd")
+        if drbd:
+            conn = _str(drbd, "connection")
+            rows.append(["connection", conn or "?", "ok" if conn == "Connected" else "bad"])
+    fs = _get(st, "filesystem", kind=dict)
+    if fs is not None:
+        usage = _dict(fs, "usage")
+        mounted = _bool(fs, "mounted")
+        text = f"{_str(fs, 'mountpoint') or '?'}: " + ("mounted" if mounted else "not mounted")
+        if usage:
+            text += (f", {_bytes(_num(usage, 'used_bytes'))} of {_bytes(_num(usage, 'size_bytes'))} used "
+                     f"({_num(usage, 'percent') or 0:g}%), {_bytes(_num(usage, 'free_bytes'))} free")
+        rows.append(["filesystem", text, "ok" if mounted else "muted"])
+    return _section("drbd", "DRBD and storage", rows, progress)
 
 
-def _links_section(hb: dict[str, Any] | None) -> dict[str, Any]:
+def _links_section(st: dict[str, Any]) -> dict[str, Any]:
     rows: list[Row] = []
-    for ln in _list(hb, "links"):
+    for ln in _list(st, "heartbeat", "links"):
         name = _str(ln, "name") or "?"
-        if _get(ln, "bound", kind=bool) is False:
+        if _bool(ln, "bound") is False:
             rows.append([name, f"not bound: {_str(ln, 'bind_error') or '?'}", "bad"])
             continue
-        up = _get(ln, "up", kind=bool)
+        up = _bool(ln, "up")
         rtt = _num(ln, "rtt_smoothed_ms")
         text = (f"{'up' if up else 'DOWN'}, loss in {_pct(_num(ln, 'loss_in'))} out {_pct(_num(ln, 'loss_out'))}, "
                 f"rtt {'-' if rtt is None else f'{rtt:.2f} ms'}")
@@ -219,20 +290,20 @@ def _links_section(hb: dict[str, Any] | None) -> dict[str, Any]:
     return _section("links", "Heartbeat links", rows)
 
 
-def _gateway_section(st: dict[str, Any], local_rep: dict[str, Any] | None, peer_rep: dict[str, Any] | None,
-                     node: str, peer: str) -> dict[str, Any]:
+def _gateway_section(st: dict[str, Any], nodes: list[dict[str, Any]]) -> dict[str, Any]:
     rows: list[Row] = []
-    g = _get(st, "gateway", kind=dict)
-    mine = _num(g, "score") if g is not None else _num(local_rep, "gateway_score")
-    theirs = _num(peer_rep, "gateway_score")
-    for who, score in ((node, mine), (peer, theirs)):
+    g = _dict(st, "gateway")
+    top = _num(g, "max_score")
+    for rec in nodes:
+        score = _num(g, "score") if _bool(rec, "self") and g else _num(rec, "gateway_score")
         if score is not None:
-            rows.append([who, f"score {score:g}", "ok" if score > 0 else "bad"])
+            rows.append([_str(rec, "name") or "?", f"score {score:g}" + (f" of {top:g}" if top else ""), "ok" if score > 0 else "bad"])
     for t in _list(g, "targets"):
         addr = _str(t, "target") or _str(t, "address")
         if addr:
-            ok = _get(t, "reachable", kind=bool)
-            rows.append([addr, "reachable" if ok else "unreachable" if ok is False else "no data yet", "ok" if ok else "bad" if ok is False else "muted"])
+            ok, rtt = _bool(t, "reachable"), _num(t, "rtt_ms")
+            text = ("reachable" + (f", {rtt:.1f} ms" if rtt is not None else "")) if ok else "unreachable" if ok is False else "no data yet"
+            rows.append([addr, text, "ok" if ok else "bad" if ok is False else "muted"])
     return _section("gateway", "Gateway", rows)
 
 
@@ -240,75 +311,83 @@ def _fencing_section(st: dict[str, Any]) -> dict[str, Any]:
     f = _get(st, "fencing", kind=dict)
     rows: list[Row] = []
     if f is not None:
-        ready = _get(f, "ready", kind=bool)
-        if ready is not None:
-            rows.append(["ready", "yes" if ready else f"no: {_str(f, 'why_not') or '?'}", "ok" if ready else "bad"])
-        red = _str(f, "redundancy")
-        if red:
-            rows.append(["redundancy", red, "warn" if red.startswith("none") else "ok"])
-        for lvl_i, lvl in enumerate(_list(f, "levels"), 1):
-            for dev in _list(lvl, "devices"):
-                name = _str(dev, "name") or "?"
-                health = _str(dev, "health") or _str(dev, "state") or "unknown"
-                rows.append([f"level {lvl_i}: {name}", health, "ok" if health in ("ok", "healthy") else "warn"])
+        red = _dict(f, "redundancy")
+        can = _bool(red, "can_fence_now")
+        if can is not None:
+            rows.append(["ready", "yes: the peer can be fenced now" if can else "no: the peer cannot be fenced now", "ok" if can else "bad"])
+        if _str(red, "text"):
+            grade = _str(red, "grade") or ""
+            rows.append(["redundancy", _str(red, "text"), "ok" if grade in ("full", "redundant", "ok") else "warn"])
+        for dev in _list(f, "devices"):
+            ok = _bool(dev, "ok")
+            text = _str(dev, "message") or ("ok" if ok else "not checked yet")
+            if _str(dev, "power"):
+                text += f"; peer power {_str(dev, 'power')}"
+            rows.append([f"level {_get(dev, 'level')}: {_str(dev, 'name') or '?'}", text, "ok" if ok and _bool(dev, "usable") is not False
+                         else "bad" if ok is False else "warn"])
+        att = _dict(f, "attempt")
+        if att:
+            rows.append(["fence attempt", ("running" if _bool(att, "running") else "finished") + f": {_str(att, 'detail') or ''}",
+                         "warn"])
+    pf = _str(st, "predicted_failover", "text")
+    if pf:
+        rows.append(["predicted failover", pf, "muted"])
     return _section("fencing", "Fencing", rows)
 
 
-def _intent_section(hb: dict[str, Any] | None, now: float) -> dict[str, Any]:
-    intent = _get(hb, "intent", kind=dict)
-    rec = _get(intent, "record", kind=dict)
+def _intent_section(st: dict[str, Any], intent: dict[str, Any] | None) -> dict[str, Any]:
     rows: list[Row] = []
-    if rec is not None:
-        rows.append(["target role", _str(rec, "target_role") or "?", "ok" if _str(rec, "target_role") == "started" else "warn"])
-        m = _get(rec, "maintenance", kind=bool)
+    if intent is not None:
+        role = _str(intent, "target_role")
+        rows.append(["target role", role or "?", "ok" if role == "started" else "warn"])
+        m = _bool(intent, "maintenance")
         rows.append(["maintenance", "on (observe only)" if m else "off", "warn" if m else "ok"])
         bans = []
-        for b in _list(rec, "bans"):
-            until = _num(b, "until")
-            if until is None or until > now:
-                bans.append(f"{_str(b, 'node')}" + ("" if until is None else f" ({_seconds(until - now)} left)"))
+        for b in _list(intent, "bans"):
+            if _bool(b, "active") is not False:
+                left = _num(b, "remaining_seconds")
+                bans.append(f"{_str(b, 'node')}" + ("" if left is None else f" ({_seconds(left)} left)"))
         rows.append(["bans", ", ".join(bans) or "none", "warn" if bans else "ok"])
-        sb = [x for x in _list(rec, "standby") if isinstance(x, str)]
+        sb = [x for x in _list(intent, "standby") if isinstance(x, str)]
         rows.append(["standby", ", ".join(sb) or "none", "warn" if sb else "ok"])
-        ack = _get(intent, "acknowledged", kind=bool)
-        rows.append(["replicated", f"version {_get(rec, 'version')}: " + ("acknowledged by the peer" if ack else "not yet acknowledged by the peer"),
+        ack = _bool(intent, "acknowledged_by_peer")
+        rows.append(["replicated", f"version {_get(intent, 'version')}: " + ("acknowledged by the peer" if ack else "not yet acknowledged by the peer"),
                      "ok" if ack else "warn"])
+    settings = _dict(st, "settings") or _dict(st, "heartbeat", "settings")
+    if _bool(settings, "mismatch"):
+        rows.append(["settings", f"DIFFER between the nodes ({_str(settings, 'this_node')} here, {_str(settings, 'peer')} on the peer)", "bad"])
     return _section("intent", "Operator intent", rows)
 
 
-def _failcount_section(st: dict[str, Any], reports: list[tuple[str, dict[str, Any] | None]]) -> dict[str, Any]:
+def _failcount_section(nodes: list[dict[str, Any]]) -> dict[str, Any]:
     rows: list[Row] = []
-    explicit = _list(st, "fail_counts")
-    for fc in explicit:
-        n = _num(fc, "count")
-        rows.append([f"{_str(fc, 'node') or '?'}: {_str(fc, 'resource') or _str(fc, 'vm') or '?'}", f"{n:g}" if n is not None else "?",
-                     "bad" if n else "ok"])
-    if not explicit:
-        for node, rep in reports:
-            for vm in _list(rep, "resources", "vms"):
-                n = _num(vm, "fail_count")
-                if n:
-                    rows.append([f"{node}: {_str(vm, 'name') or '?'}", f"{n:g}", "bad"])
-        if any(_get(rep, "resources", kind=dict) is not None for _n, rep in reports) and not rows:
-            rows.append(["all resources", "no failures", "ok"])
+    reported = False
+    for rec in nodes:
+        counts = _get(rec, "fail_counts", kind=dict)
+        if counts is None:
+            continue
+        reported = True
+        for vm, n in sorted(counts.items()):
+            if isinstance(n, int | float) and not isinstance(n, bool) and n:
+                rows.append([f"{_str(rec, 'name')}: {vm}", f"{n:g}", "bad"])
+    if reported and not rows:
+        rows.append(["all VMs", "no failures", "ok"])
     return _section("failcounts", "Fail counts", rows)
 
 
-def _decisions(st: dict[str, Any], history: Any, history_error: str | None) -> dict[str, Any]:
-    items = _list(history, "decisions") or _list(st, "decisions")
+def _decisions(history: Any, history_error: str | None) -> dict[str, Any]:
     rows = []
-    for d in items[-12:]:
-        code = _str(d, "code") or _str(d, "reason")
-        text = _str(d, "sentence") or _str(d, "verdict") or ""
+    for d in _list(history, "decisions")[-12:]:
+        code = _str(d, "code")
+        text = _str(d, "sentence") or ""
         if code or text:
-            rows.append({"at": _clock(_num(d, "at") or _num(d, "wall")), "code": code or "?", "text": text})
+            rows.append({"at": _clock(_num(d, "wall") or _num(d, "at")), "code": code or "?", "text": text})
     rows.reverse()  # newest first
-    note = "" if rows else (history_error or NA)
-    return {"available": bool(rows), "note": note, "rows": rows}
+    return {"available": bool(rows), "note": "" if rows else (history_error or NA), "rows": rows}
 
 
 def _timeline(history: Any) -> dict[str, Any]:
-    timelines = [t for t in _list(history, "timelines") if isinstance(t, dict)]
+    timelines = [t for t in _list(history, "timelines") if isinstance(t, dict) and _list(t, "phases")]
     if not timelines:
         return {"available": False, "note": NA, "title": "", "phases": []}
     t = timelines[-1]
@@ -316,14 +395,14 @@ def _timeline(history: Any) -> dict[str, Any]:
     for p in _list(t, "phases"):
         secs = _num(p, "seconds")
         if secs is not None and secs >= 0:
-            named.append((_str(p, "name") or "?", secs))
+            name = _str(p, "name") or (f"{_str(p, 'from') or '?'} → {_str(p, 'to') or '?'}" if _str(p, "to") else "?")
+            named.append((name, secs))
     total = _num(t, "total_seconds") or sum(secs for _n, secs in named)
     phases = [{"name": n, "seconds": secs, "text": _seconds(secs), "fraction": secs / total if total else 0.0} for n, secs in named]
-    kind = _str(t, "kind") or "transition"
+    kind = (_str(t, "kind") or "transition").replace("_out", " (giving)").replace("_in", " (taking)").replace("_", " ")
     title = f"{kind} at {_clock(_num(t, 'started_at'))}: {_seconds(total)}"
-    moved = (_str(t, "from"), _str(t, "to"))
-    if all(moved):
-        title += f" ({moved[0]} → {moved[1]})"
+    if _str(t, "outcome"):
+        title += f", {_str(t, 'outcome')}"
     return {"available": bool(phases), "note": "" if phases else NA, "title": title, "phases": phases}
 
 
@@ -338,47 +417,32 @@ def build(snapshot: dict[str, Any], now: float | None = None) -> dict[str, Any]:
     daemon = {"ok": st is not None, "message": "" if st is not None else f"daemon not answering: {_str(snapshot, 'error') or 'unknown error'}",
               "fetched_at": fetched, "fetched": _clock(fetched)}
     if st is None:
-        return {"view": VIEW_VERSION, "daemon": daemon, "cluster": "", "local": "", "summary": {"active": None, "text": daemon["message"], "code": None, "tone": "bad"},
+        return {"view": VIEW_VERSION, "daemon": daemon, "cluster": "", "local": "",
+                "summary": {"active": None, "text": daemon["message"], "detail": "", "code": None, "tone": "bad"},
                 "nodes": [], "sections": [], "decisions": {"available": False, "note": NA, "rows": []},
                 "timeline": {"available": False, "note": NA, "title": "", "phases": []}}
-    node = _str(st, "node") or "this node"
-    peer_name = _str(st, "peer") or "peer"
-    hb = _get(st, "heartbeat", kind=dict)
-    local_rep = _local_report(st)
-    peer_rep = _get(hb, "report", kind=dict)
-    record = _get(hb, "intent", "record", kind=dict)
-    phase = _str(st, "phase")
-    local_badges = _intent_badges(record, node, now)
-    peer_badges = _intent_badges(record, peer_name, now)
-    if _get(record, "maintenance", kind=bool):
-        local_badges.append({"text": "maintenance", "tone": "warn"})
-        peer_badges.append({"text": "maintenance", "tone": "warn"})
-    pstate, ptone = _peer_state(hb)
-    peer_phase = _str(peer_rep, "phase") if pstate == "online" else None
-    nodes = [
-        _node(node, local=True, state="online (this console's node)", tone="bad" if phase in BAD_PHASES else "ok", phase=phase,
-              report=local_rep, badges=local_badges),
-        _node(peer_name, local=False, state=pstate, tone=ptone, phase=peer_phase, report=peer_rep if pstate == "online" else None,
-              badges=peer_badges),
-    ]
-    active = _str(st, "active") or next((n["name"] for n in nodes if n["active"]), None)
-    for n in nodes:
-        if n["active"] is None and active is not None:
+    intent = _intent_record(st, now)
+    records = _node_records(st)
+    not_active = [str(x) for x in _list(st, "not_active_because")]
+    nodes = [_node_card(r, intent, not_active) for r in records]
+    if "active_node" in st:
+        active = _str(st, "active_node")
+        for n in nodes:
             n["active"] = n["name"] == active
-    why = _str(st, "decision", "sentence") or _str(st, "verdict") or ""
-    code = _str(st, "decision", "code") or _str(st, "reason")
-    text = (f"{active} is active" if active else "no node is active") + (f": {why}" if why else "")
-    sections = [
-        _drbd_section(st, local_rep),
-        _gateway_section(st, local_rep, peer_rep, node, peer_name),
-        _links_section(hb),
-        _fencing_section(st),
-        _intent_section(hb, now),
-        _failcount_section(st, [(node, local_rep), (peer_name, peer_rep)]),
-    ]
-    return {"view": VIEW_VERSION, "daemon": daemon, "cluster": _str(st, "cluster") or "", "local": node,
-            "summary": {"active": active, "text": text, "code": code,
-                        "tone": "bad" if phase in BAD_PHASES else "ok" if active else "warn"},
-            "nodes": nodes, "sections": sections,
-            "decisions": _decisions(st, _get(snapshot, "history"), _str(snapshot, "history_error")),
+    else:
+        active = next((n["name"] for n in nodes if n["active"]), None)
+    why = _str(st, "active_why")
+    phase = _str(st, "phase")
+    code = _str(st, "decision", "code")
+    sentence = _str(st, "decision", "sentence") or _str(st, "verdict") or ""
+    text = (f"{active} is active" if active else "no node is active") + (f": {why}" if why else f": {sentence}" if sentence else "")
+    blocked = _str(st, "block", "detail")
+    tone = "bad" if phase in BAD_PHASES or blocked else "ok" if active else "warn"
+    return {"view": VIEW_VERSION, "daemon": daemon, "cluster": _str(st, "cluster") or "", "local": nodes[0]["name"],
+            "summary": {"active": active, "text": text, "detail": sentence if why else "", "code": code, "tone": tone,
+                        "blocked": blocked or ""},
+            "nodes": nodes,
+            "sections": [_drbd_section(st, records[0]), _gateway_section(st, records), _links_section(st), _fencing_section(st),
+                         _intent_section(st, intent), _failcount_section(records)],
+            "decisions": _decisions(_get(snapshot, "history"), _str(snapshot, "history_error")),
             "timeline": _timeline(_get(snapshot, "history"))}

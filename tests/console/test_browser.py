@@ -92,7 +92,7 @@ def test_login_and_an_action_with_its_confirmation_in_the_page(lab: tuple[Path, 
         b.find_element("css selector", 'button[data-action="cleanup"]').click()
         wait_until(b, lambda b: b.find_element("id", "confirm").is_displayed(), 10, "the confirmation")
         assert text_of(b, "#confirm-title") == "Cleanup?"
-        assert text_of(b, "#confirm-text") == actions.fixed_sentence(actions.BY_NAME["cleanup"], None, ["node1", "node2"])
+        assert text_of(b, "#confirm-text") == actions.fixed_sentence(actions.BY_NAME["cleanup"], None, ["node1", "node2"], None)
         b.find_element("id", "confirm-cancel").click()
         wait_until(b, lambda b: not b.find_element("id", "confirm").is_displayed(), 5, "the dialog to close")
         b.find_element("css selector", 'button[data-action="cleanup"]').click()

@@ -211,7 +211,7 @@ async def test_every_action_sends_its_control_command(console: Console, daemon: 
             assert r.status_code == 200 and r.json() == {"ok": True, "message": f"{a.command} accepted"}
             cmd, args = [x for x in daemon.calls if x[0] != "status"][-1]
             assert cmd == a.command
-            assert args == {**dict(a.extra), **({"node": "node1"} if a.node == "active" else {"node": "node2"} if a.node == "any" else {})}
+            assert args == {**dict(a.extra), **({"node": "node2"} if a.node == "any" else {})}  # migrate bans the daemon's own node
     done = [rec for rec in caplog.records if getattr(rec, "fields", {}).get("CLEVER_CONSOLE_RESULT") == "ok"]
     assert [rec.fields["CLEVER_ACTION"] for rec in done] == [a.name for a in actions.ACTIONS]  # type: ignore[attr-defined]
     assert all(rec.fields["CLEVER_CONSOLE_REMOTE"] == "127.0.0.1" and rec.fields["CLEVER_CONSOLE_SESSION"] for rec in done)  # type: ignore[attr-defined]
@@ -222,8 +222,8 @@ async def test_bad_action_requests_never_reach_the_daemon(console: Console, daem
         h = {"x-csrf-token": await login(c)}
         assert (await c.post("/api/action", json={"action": "rm -rf"}, headers=h)).status_code == 400
         assert (await c.post("/api/action", json={"action": "standby", "node": "node9"}, headers=h)).status_code == 400
-        r = await c.post("/api/action", json={"action": "migrate", "node": "node2"}, headers=h)  # node2 is not the active node
-        assert r.status_code == 400 and "active node (node1)" in r.json()["error"]
+        r = await c.post("/api/action", json={"action": "migrate", "node": "node2"}, headers=h)  # migrate bans the console's own node
+        assert r.status_code == 400 and "the node this console runs on (node1)" in r.json()["error"]
     assert set(daemon.commands()) == {"status"}
 
 
@@ -246,6 +246,11 @@ async def test_preview_uses_the_fixed_sentence_when_the_daemon_has_none(console:
         assert r["sentence"].startswith("node1 is banned, so the resources move to node2 by handover")
         r = (await c.post("/api/preview", json={"action": "standby", "node": "node2"}, headers=h)).json()
         assert r["sentence"].startswith("node2 goes into standby")
+        daemon.status["phase"], daemon.status["heartbeat"]["report"]["phase"] = "SECONDARY", "PRIMARY"
+        await console.feed.wait_newer(console.feed.seq, 5)
+        await console.feed.wait_newer(console.feed.seq, 5)
+        r = (await c.post("/api/preview", json={"action": "migrate"}, headers=h)).json()
+        assert r["sentence"].startswith("node1 is banned; it does not hold the resources, so nothing moves")
     assert "migrate" not in daemon.commands() and "standby" not in daemon.commands()  # a preview never acts
 
 
@@ -261,7 +266,7 @@ async def test_preview_asks_the_daemon_where_it_can(short_dir: Path, password_fi
             r = (await c.post("/api/preview", json={"action": "migrate"}, headers=h)).json()
             assert r["source"] == "daemon" and r["sentence"] == "node1 saves plc1 and hands over to node2"
             assert r["problems"] == ["save space low"]
-        assert ("preview", {"command": "migrate", "args": {"node": "node1"}}) in daemon.calls
+        assert ("preview", {"command": "migrate", "args": {}}) in daemon.calls
         assert "migrate" not in daemon.commands()
     finally:
         await con.stop()

@@ -50,7 +50,8 @@ def test_active_node_links_intent_and_peer_resources() -> None:
     st["heartbeat"]["intent"]["record"]["bans"] = [{"node": "node2", "until": NOW + 90}, {"node": "node1", "until": NOW - 5}]
     st["heartbeat"]["intent"]["record"]["standby"] = ["node2"]
     v = view.build(snap(st), NOW)
-    assert v["summary"] == {"active": "node1", "text": "node1 is active: node1: active, all running", "code": None, "tone": "ok"}
+    assert v["summary"] == {"active": "node1", "text": "node1 is active: node1: active, all running", "code": None, "tone": "ok",
+                            "detail": "", "blocked": ""}
     n1, n2 = v["nodes"]
     assert n1["active"] is True and n2["active"] is False and n2["state"] == "online" and n2["phase"] == "SECONDARY"
     assert ["DRBD", "Secondary / UpToDate", "ok"] in n2["rows"] and ["gateway score", "2", "ok"] in n2["rows"]
@@ -70,27 +71,97 @@ def test_a_lost_peer_is_offline_and_its_old_report_is_not_shown() -> None:
     assert n2["state"] == "offline (silent 3.2 s)" and n2["tone"] == "bad" and n2["rows"] == [] and n2["phase"] == "?"
 
 
-def test_full_document_drbd_progress_fencing_decisions_and_timeline() -> None:
-    st = copy.deepcopy(STATUS)
-    st["drbd"] = {"resource": "r0", "connection": "Connected", "role": "Primary", "peer_role": "Secondary", "disk": "UpToDate",
-                  "peer_disk": "Inconsistent", "out_of_sync_bytes": 3 * 2**20, "resync": {"done": 0.42, "eta_seconds": 75}}
-    st["fencing"] = {"ready": True, "redundancy": "none: one level", "levels": [{"devices": [{"name": "bmc", "health": "ok"}]}]}
-    st["decision"] = {"code": "no_action_primary", "sentence": "active with everything running"}
-    history = {"decisions": [{"at": NOW - 20, "code": "handover_promoting", "sentence": "promote"},
-                             {"at": NOW - 10, "code": "no_action_primary", "sentence": "all running"}],
-               "timelines": [{"kind": "handover", "started_at": NOW - 30, "from": "node2", "to": "node1",
-                              "phases": [{"name": "save VMs", "seconds": 1.5}, {"name": "demote", "seconds": 0.5}, {"name": "restore", "seconds": 2.0}]}]}
-    v = view.build(snap(st, history=history), NOW)
+def schema1(**over: Any) -> dict[str, Any]:
+    """A status document in the running daemon's shape (docs/status-schema.md, schema 1)."""
+    doc: dict[str, Any] = {
+        "schema": 1, "cluster": "c", "node": "node2", "peer": "node1", "phase": "PRIMARY", "verdict": "node2: active",
+        "decision": {"code": "no_action_primary", "phase": "PRIMARY", "sentence": "active with everything running"},
+        "active_node": "node2", "active_why": "this node holds DRBD Primary, the filesystem, the floating IP, VM plc1",
+        "nodes": [
+            {"name": "node1", "self": False, "online": True, "state": "alive", "phase": "SECONDARY", "epoch": "4@node2", "eligible": True,
+             "drbd": {"role": "Secondary", "disk": "UpToDate"}, "mounted": False, "ip": False, "vms": {"plc1": "shutoff"},
+             "gateway_score": 1, "fail_counts": {"plc1": 2}, "silent_for_seconds": 0.1},
+            {"name": "node2", "self": True, "online": True, "state": "alive", "phase": "PRIMARY", "epoch": "4@node2", "eligible": True,
+             "drbd": {"role": "Primary", "disk": "UpToDate", "peer_disk": "UpToDate", "connection": "Connected"},
+             "mounted": True, "ip": True, "vms": {"plc1": "running", "plc2": "running"}, "gateway_score": 2, "fail_counts": {}},
+        ],
+        "not_active_because": [],
+        "drbd": {"resource": "r0", "role": "Primary", "peer_role": "Secondary", "connection": "SyncSource", "disk": "UpToDate",
+                 "peer_disk": "Inconsistent", "replication": "SyncSource", "resync_percent": 42.0, "out_of_sync_kib": 3072,
+                 "suspended": [], "split_brain": False, "config_safe": True, "config_issues": []},
+        "filesystem": {"mountpoint": "/srv/vms", "mounted": True,
+                       "usage": {"size_bytes": 100 * 2**30, "used_bytes": 45 * 2**30, "free_bytes": 55 * 2**30, "percent": 45.0}},
+        "gateway": {"score": 2, "max_score": 2, "targets": [{"target": "192.0.2.1", "reachable": True, "rtt_ms": 0.52},
+                                                            {"target": "192.0.2.2", "reachable": False}]},
+        "heartbeat": {"name": "node1", "state": "alive", "links": [{"name": "bond0", "bound": True, "up": True, "loss_in": 0.0,
+                                                                    "loss_out": 0.0, "rtt_smoothed_ms": 0.2}]},
+        "fencing": {"redundancy": {"grade": "single", "can_fence_now": True, "text": "one level: a BMC that loses power with its node stops fencing"},
+                    "devices": [{"level": 1, "name": "bmc-node1", "ok": True, "message": "power on, identity confirmed", "power": "on",
+                                 "usable": True}],
+                    "attempt": None},
+        "intent": {"version": 7, "target_role": "started", "maintenance": False, "standby": [],
+                   "bans": [{"node": "node1", "until": NOW + 30, "remaining_seconds": 30.0, "active": True},
+                            {"node": "node2", "until": NOW - 1, "remaining_seconds": 0.0, "active": False}],
+                   "acknowledged_by_peer": False},
+        "settings": {"this_node": "aa", "peer": "bb", "mismatch": True},
+        "predicted_failover": {"text": "worst case 95 s: detect 1.1 s + ..."},
+    }
+    doc.update(over)
+    return doc
+
+
+def test_schema1_document_nodes_sections_decisions_and_timeline() -> None:
+    history = {"decisions": [{"wall": NOW - 20, "code": "handover_promoting", "sentence": "promote"},
+                             {"wall": NOW - 10, "code": "no_action_primary", "sentence": "all running"}],
+               "timelines": [{"kind": "handover_in", "outcome": "active here", "started_at": NOW - 30, "total_seconds": 4.0,
+                              "phases": [{"from": "acknowledged", "to": "promote_started", "seconds": 0.5},
+                                         {"from": "promote_started", "to": "active", "seconds": 3.5}]}]}
+    v = view.build(snap(schema1(), history=history), NOW)
+    assert v["local"] == "node2" and [n["name"] for n in v["nodes"]] == ["node2", "node1"]  # the console's own node first
+    assert v["summary"]["active"] == "node2" and v["summary"]["code"] == "no_action_primary"
+    assert v["summary"]["text"] == "node2 is active: this node holds DRBD Primary, the filesystem, the floating IP, VM plc1"
+    assert v["summary"]["detail"] == "active with everything running" and v["summary"]["tone"] == "ok"
+    n2, n1 = v["nodes"]
+    assert (n2["active"], n1["active"]) == (True, False) and n2["local"] and not n1["local"]
+    assert ["VM plc1", "running", "ok"] in n2["rows"] and ["floating IP", "up", "ok"] in n2["rows"]
+    assert ["VM plc1", "shutoff (2 failures)", "bad"] in n1["rows"] and ["epoch", "4@node2", "muted"] in n1["rows"]
+    assert [b["text"] for b in n1["badges"]] == ["banned for 30.0 s"] and n2["badges"] == []
     drbd = section(v, "drbd")
-    assert drbd["progress"] == {"label": "resync, 75.0 s left", "fraction": 0.42}
+    assert drbd["progress"] == {"label": "resync", "fraction": 0.42}
     assert ["out of sync", "3.0 MiB", "warn"] in drbd["rows"] and ["disks", "UpToDate / Inconsistent", "warn"] in drbd["rows"]
+    assert ["filesystem", "/srv/vms: mounted, 45.0 GiB of 100.0 GiB used (45%), 55.0 GiB free", "ok"] in drbd["rows"]
+    gw = section(v, "gateway")["rows"]
+    assert gw[:2] == [["node2", "score 2 of 2", "ok"], ["node1", "score 1 of 2", "ok"]]
+    assert ["192.0.2.1", "reachable, 0.5 ms", "ok"] in gw and ["192.0.2.2", "unreachable", "bad"] in gw
     fen = section(v, "fencing")["rows"]
-    assert fen[0] == ["ready", "yes", "ok"] and fen[1] == ["redundancy", "none: one level", "warn"]
-    assert v["summary"]["code"] == "no_action_primary" and v["summary"]["text"] == "node1 is active: active with everything running"
+    assert fen[0] == ["ready", "yes: the peer can be fenced now", "ok"] and fen[1][2] == "warn"
+    assert ["level 1: bmc-node1", "power on, identity confirmed; peer power on", "ok"] in fen
+    assert fen[-1][0] == "predicted failover"
+    intent = {r[0]: r[1:] for r in section(v, "intent")["rows"]}
+    assert intent["bans"] == ["node1 (30.0 s left)", "warn"] and intent["replicated"][1] == "warn"
+    assert intent["settings"][1] == "bad"
+    assert section(v, "failcounts")["rows"] == [["node1: plc1", "2", "bad"]]
     assert [r["code"] for r in v["decisions"]["rows"]] == ["no_action_primary", "handover_promoting"]  # newest first
     tl = v["timeline"]
-    assert tl["title"].startswith("handover at ") and tl["title"].endswith(": 4.0 s (node2 → node1)")
-    assert [(p["name"], p["fraction"]) for p in tl["phases"]] == [("save VMs", 0.375), ("demote", 0.125), ("restore", 0.5)]
+    assert tl["title"].startswith("handover (taking) at ") and tl["title"].endswith(": 4.0 s, active here")
+    assert [(p["name"], p["fraction"]) for p in tl["phases"]] == [("acknowledged → promote_started", 0.125), ("promote_started → active", 0.875)]
+
+
+def test_schema1_active_node_is_the_daemons_word() -> None:
+    """Where the daemon names the active node (or none), its word counts, not the phases."""
+    v = view.build(snap(schema1(active_node=None, active_why="both nodes report resources: see the decision",
+                                block={"cause": "split_brain", "detail": "DRBD reports split brain"})), NOW)
+    assert v["summary"]["active"] is None and all(n["active"] is False for n in v["nodes"])
+    assert v["summary"]["text"] == "no node is active: both nodes report resources: see the decision"
+    assert v["summary"]["tone"] == "bad" and v["summary"]["blocked"] == "DRBD reports split brain"
+
+
+def test_schema1_peer_not_heard_shows_no_stale_resources() -> None:
+    doc = schema1()
+    doc["nodes"][0].update(online=False, state="lost", silent_for_seconds=4.0)
+    v = view.build(snap(doc), NOW)
+    n1 = v["nodes"][1]
+    assert n1["state"] == "offline (silent 4.0 s)" and n1["rows"] == [] and n1["phase"] == "?"
 
 
 @pytest.mark.parametrize("garbage", [

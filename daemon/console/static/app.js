@@ -91,17 +91,19 @@ function renderActions() {
     !v || !v.daemon.ok ? "The daemon is not answering." : "Each action asks for confirmation and says what will happen first.";
   const nodes = v ? v.nodes.map((n) => n.name) : [];
   const active = v ? v.summary.active : null;
+  const local = v ? v.local : null;
   for (const a of session.actions || []) {
-    const targets = a.node === "any" ? nodes : [a.node === "active" ? active : null];
+    const targets = a.node === "any" ? nodes : [a.node === "local" ? local : null];
     for (const node of targets) {
       let label = a.label;
       if (a.node === "any") label += " " + node;
-      if (a.node === "active") label += active ? " (move off " + active + ")" : " (no active node)";
+      // migrate bans the console's own node: it moves the resources only when that node holds them
+      if (a.node === "local") label += node === active ? " (move off " + node + ")" : " (ban " + node + ", nothing moves)";
       const b = el("button", "action", label);
       b.type = "button";
       b.dataset.action = a.name;
       if (node) b.dataset.node = node;
-      b.disabled = !enabled || (a.node === "active" && !active);
+      b.disabled = !enabled || (a.node === "local" && !local);
       b.addEventListener("click", () => askConfirm(a, node));
       box.appendChild(b);
     }
@@ -247,6 +249,7 @@ function render(v) {
   $("summary").className = "summary " + (v.summary.tone || "");
   $("summary-text").textContent = v.summary.text;
   $("summary-code").textContent = v.summary.code || "";
+  $("summary-detail").textContent = [v.summary.blocked ? "BLOCKED: " + v.summary.blocked : "", v.summary.detail].filter(Boolean).join(" · ");
   renderNodes(v);
   renderSections(v);
   renderTimeline(v.timeline);
