@@ -1,7 +1,7 @@
 """The web console on the full two-node lab: a migrate clicked in a real browser moves the resources.
 
-The console runs as its own process beside node1, reading node1's control
-socket; chromium drives the page. The move is checked three ways: the
+The console runs as its own process beside the active node, reading that
+node's control socket; chromium drives the page. The move is checked three ways: the
 daemons' ``clevervm status --json``, the lab's transition log (which node
 holds DRBD, the mount and the VMs), and the page itself, without a reload.
 """
@@ -43,7 +43,7 @@ def test_migrate_clicked_in_the_page_moves_the_resources(make_nodelab: Callable[
     pw = tmp_path / "console.password"
     pw.write_text(auth.make_hash(PASSWORD, log2_n=10) + "\n")
     pw.chmod(0o600)
-    lab = make_nodelab(node_overrides={1: {"console": {"password_file": str(pw)}}})
+    lab = make_nodelab(overrides={"console": {"password_file": str(pw)}})
     lab.wait_connected()
     n1 = lab.node(1)
     if "schema" not in n1.status():
@@ -51,7 +51,9 @@ def test_migrate_clicked_in_the_page_moves_the_resources(make_nodelab: Callable[
     first = wait_for(lambda: holder(lab), 90, "one node to hold the resources")
     assert wait_for(lambda: active_in_status(n1.status()), 30, "node1's status to name the active node") == first
     other = "node2" if first == "node1" else "node1"
-    with ConsoleProcess(n1.config, interval=0.2, log_path=tmp_path / "console.log") as con, chromium() as b:
+    # The console of the active node: migrate bans the node whose daemon receives it (as clevervm migrate there).
+    here = lab.node(int(first[-1]))
+    with ConsoleProcess(here.config, interval=0.2, log_path=tmp_path / "console.log") as con, chromium() as b:
         b.get(con.url + "/")
         wait_until(b, lambda b: "ACTIVE" in text_of(b, f"#node-{first}") and "online" in text_of(b, f"#node-{other}"), 20,
                    f"{first} shown active")
