@@ -1,8 +1,9 @@
 """Run a real ``clever-cluster-console`` for tests, the docs screenshot and demos.
 
-:class:`ConsoleProcess` starts the console as its own process (as systemd
-does), on a TCP port that was free a moment ago, waits until it answers, and
-always ends the process it started, by its PID only.
+:class:`ConsoleProcess` is a :class:`~.harness.DaemonProcess` running the
+console instead of the daemon, as its own process (as systemd does), on a
+TCP port that was free a moment ago; :meth:`ConsoleProcess.start` waits
+until it answers. It ends only the process it started, by its PID.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .harness import wait_for
+from .harness import DaemonProcess, wait_for
 
 
 def free_tcp_port(host: str = "127.0.0.1") -> int:
@@ -28,37 +28,26 @@ def free_tcp_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-class ConsoleProcess:
+class ConsoleProcess(DaemonProcess):
     def __init__(self, config: Path, *, host: str = "127.0.0.1", port: int | None = None, interval: float = 0.5,
                  log_path: Path | None = None, argv_prefix: Sequence[str] = (), env: dict[str, str] | None = None) -> None:
-        self.config = Path(config)
+        config = Path(config)
+        super().__init__(config, env=env, log_path=log_path or config.with_name(config.stem + "-console.log"), argv_prefix=argv_prefix)
         self.host, self.port = host, port or free_tcp_port(host)
-        self.log_path = log_path or self.config.with_name(self.config.stem + "-console.log")
         self.argv = [*argv_prefix, sys.executable, "-m", "clever_cluster.daemon.console.main", "--config", str(self.config),
                      "--listen", f"{self.host}:{self.port}", "--interval", str(interval)]
-        self.env = {**os.environ, **(env or {})}
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
     def start(self, timeout: float = 20.0) -> ConsoleProcess:
-        logf = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
-        try:
-            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
-        finally:
-            logf.close()
+        super().start()
         wait_for(self._answers, timeout, f"the console on {self.url}", interval=0.05)
         return self
 
     def _answers(self) -> bool:
-        if self.proc is None or self.proc.poll() is not None:
+        if not self.alive():
             raise RuntimeError(f"the console exited:\n{self.log()[-3000:]}")
         try:
             self.get("/api/session", timeout=1.0)
@@ -70,31 +59,10 @@ class ConsoleProcess:
         with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
             return json.loads(r.read())
 
-    def signal(self, sig: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-
     def stop(self, timeout: float = 10.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)  # a stopped process cannot act on SIGTERM
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        if self.alive():
+            os.kill(self.pid, signal.SIGCONT)  # a stopped process acts on SIGTERM only once it runs again
+        return super().stop(timeout)
 
     def __enter__(self) -> ConsoleProcess:
         return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()

@@ -10,10 +10,9 @@ the sections read are validated with the daemon's own schema.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from pathlib import Path
 
-from ..config import ConfigError, ConsoleConfig, LogConfig, runtime_dir_of
+from ..config import ConfigError, ConsoleConfig, LogConfig, read_table, runtime_dir_of
 from ..control import socket_path
 from ..schema import Problems, load_section, parse_host_port
 
@@ -35,12 +34,7 @@ class ConsoleSettings:
 def read(path: Path | str) -> ConsoleSettings:
     """Raises ConfigError listing every problem of the sections the console uses."""
     path = Path(path)
-    try:
-        table = tomllib.loads(path.read_bytes().decode("utf-8"))
-    except OSError as e:
-        raise ConfigError(path, [f"cannot read the file: {e.strerror or e}"]) from None
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(path, [f"not valid TOML: {e}"]) from None
+    table = read_table(path)
     runtime_dir = runtime_dir_of(path)
     problems = Problems()
     sections = {}

@@ -141,7 +141,7 @@ def assert_daemon_carries_on(c1: Path, c2: Path, before: dict[str, Any], what: s
     assert heard > heard0, f"node1 heard nothing from node2 while {what}"
     lag, stalls = loop_health(st)
     assert st["heartbeat"]["state"] == "alive" and stalls == loop_health(before)[1], st
-    assert lag < 0.25, lag  # stall_threshold is 0.5 s
+    assert lag < 0.5, lag  # below policy.stall_threshold (0.5 s): not a stall
     assert decision(st) == decision(before)  # its decision did not change
     assert st["heartbeat"]["event_counts"].get("peer_lost", 0) == 0
     assert daemon_status(c2)["heartbeat"]["event_counts"].get("peer_lost", 0) == 0
