@@ -6,9 +6,11 @@ handler verbs (``fence-peer``, ``unfence-peer``) are the one exception: they
 speak DRBD's exit codes and are dispatched to :mod:`.handler_cli` before any
 argument parsing (whose usage error would be exit 2).
 
-Every read verb takes ``--json``; the JSON is the daemon's answer as is (see
-docs/operations.md for the schema). Errors are one line on stderr, never a
-traceback.
+Every read verb takes ``--json``; the JSON is the daemon's answer as is
+(docs/status-schema.md). Every verb that changes something prints what
+happens next. Errors are one line on stderr, never a traceback. With the
+daemon down, ``status`` shows what it can read locally under a "not
+running" banner and exits 3.
 """
 
 from __future__ import annotations
@@ -17,19 +19,21 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import clilocal, clirender
 from . import config as config_mod
 from .console import password_cli
 from .control import CommandFailed, ControlClient, DaemonUnreachable, socket_path
 from .handler_cli import handler_verb, run_handler
+from .schema import parse_duration
 
 DEFAULT_CONFIG = Path(os.environ.get("CLEVER_CLUSTER_CONFIG", "/etc/clever-cluster/clever-cluster.toml"))
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+SLOW = 120.0  # verbs that run a sequence or a probe (start, stop, check, split-brain)
 
 
 class UsageError(Exception):
@@ -60,112 +64,137 @@ class Context:
     def client(self, timeout: float | None = 10.0) -> ControlClient:
         return ControlClient(self.socket, timeout=timeout)
 
-    def call(self, cmd: str, **kw: Any) -> Any:
-        with self.client() as c:
+    def call(self, cmd: str, timeout: float | None = 10.0, **kw: Any) -> Any:
+        with self.client(timeout) as c:
             return c.call(cmd, **kw)
 
-
-def _fmt_duration(seconds: float) -> str:
-    s = int(seconds)
-    d, s = divmod(s, 86400)
-    h, s = divmod(s, 3600)
-    m, s = divmod(s, 60)
-    if d:
-        return f"{d}d {h}h {m}m"
-    if h:
-        return f"{h}h {m}m {s}s"
-    if m:
-        return f"{m}m {s}s"
-    return f"{seconds:.1f}s"
+    def show(self, obj: Any, render: Callable[[Any], str]) -> None:
+        print(json.dumps(obj, indent=2, sort_keys=True) if self.json else render(obj))
 
 
-def render_status(st: dict[str, Any]) -> str:
-    lines = [
-        f"Cluster {st['cluster']}   last updated {time.strftime('%Y-%m-%d %H:%M:%S')}",
-        f"Node {st['node']}: phase {st['phase']}   (peer {st['peer']})",
-        f"  {st['verdict']}",
-    ]
-    if st.get("heartbeat"):
-        lines += render_heartbeat(st["heartbeat"])
-    lines += [
-        f"Daemon: pid {st['pid']}, version {st['version']}, up {_fmt_duration(st['uptime_seconds'])}",
-        f"Config: {st['config_path']} (settings fingerprint {st['settings_fingerprint']})",
-    ]
-    return "\n".join(lines)
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x * 100:.1f}%"
-
-
-def _peer_state(hb: dict[str, Any]) -> str:
-    state = hb["state"]
-    silent = hb.get("silent_for")
-    if state == "unseen":
-        return "not heard yet"
-    if state == "lost":
-        return f"LOST (nothing valid on any link for {silent:.1f}s)" if silent is not None else "LOST"
-    if state == "left":
-        return "left (announced a clean stop)"
-    if state == "restarting":
-        left = hb.get("restart_expected_in")
-        return "restarting" + (f" (expected back within {max(0.0, left):.0f}s)" if left is not None else "")
-    if state == "incompatible":
-        p = hb["protocol"]
-        return (f"INCOMPATIBLE (alive; it sends protocol {p['peer_sends'] or '?'} and reads up to {p['peer_reads_up_to']}, "
-                f"this node reads {p['this_node_reads'][0]}..{p['this_node_reads'][1]})")
-    return str(state)
-
-
-def render_heartbeat(hb: dict[str, Any]) -> list[str]:
-    """The peer, its links, the admin intent and what was dropped, for ``clevervm status``."""
-    keys, proto = hb["keys"], hb["protocol"]
-    head = f"Peer {hb['name']}: {_peer_state(hb)}"
-    if hb.get("incarnation") is not None:
-        head += f"   incarnation {hb['incarnation']}"
-    if proto.get("peer_sends") is not None:
-        head += f", protocol {proto['peer_sends']}"
-    if keys.get("peer_uses"):
-        head += f", key {keys['peer_uses']} ({keys['peer_uses_id']})"
-    lines = [head]
-    width = max(len(ln["name"]) for ln in hb["links"])
-    for i, ln in enumerate(hb["links"]):
-        name = ln["name"].ljust(width)
-        if not ln["bound"]:
-            lines.append(f"  link {name}  NOT BOUND: {ln['bind_error']}")
-            continue
-        state = "up  " if ln["up"] else "DOWN"
-        heard = "nothing heard" if ln["silent_for"] is None else f"{state} heard {ln['silent_for']:.2f}s ago"
-        rtt = "-" if ln["rtt_smoothed_ms"] is None else f"{ln['rtt_smoothed_ms']:.2f} ms"
-        extra = f", {ln['send_errors']} send errors" if ln["send_errors"] else ""
-        lines.append(f"  link {name}  {heard}, loss in {_pct(ln['loss_in'])} out {_pct(ln['loss_out'])}, rtt {rtt}{extra}")
-        if ln["peer_link"] is not None and ln["peer_link"] != i:
-            lines.append(f"    this link carries {hb['name']}'s link #{ln['peer_link'] + 1}: list [[heartbeat.link]] in the same order on both nodes")
-    settings = hb["settings"]
-    if settings["mismatch"]:
-        lines.append(f"  SETTINGS DIFFER: this node {settings['this_node']}, {hb['name']} {settings['peer']}"
-                     " (compare the [heartbeat], [fencing], [policy] and resource settings of both nodes)")
-    intent = hb["intent"]
-    rec = intent["record"]
-    ack = f"acknowledged by {hb['name']}" if intent["acknowledged"] else "not yet acknowledged by the peer"
-    origin = f" by {rec['origin']}" if rec["origin"] else ""
-    lines.append(f"Intent: version {rec['version']}{origin} ({intent['summary']}): {ack}")
-    if intent.get("superseded"):
-        lost = intent["superseded"]
-        lines.append(f"  this node's change (version {lost['version']}) was replaced before the peer acknowledged it; check the record")
-    if keys.get("next_key_file"):
-        lines.append(f"Keys: sending with key_file ({keys['key_file']}), also accepting next_key_file ({keys['next_key_file']})")
-    if hb["drops"]:
-        lines.append("Dropped datagrams: " + ", ".join(f"{k} {v}" for k, v in sorted(hb["drops"].items())))
-    return lines
+def _next(got: dict[str, Any]) -> str:
+    return str(got.get("next", "done"))
 
 
 def cmd_status(ctx: Context) -> int:
-    st = ctx.call("status")
+    try:
+        st = ctx.call("status")
+    except DaemonUnreachable as e:
+        print(f"clevervm: {e}", file=sys.stderr)
+        local = clilocal.local_status(ctx.args.config)
+        local["unreachable"] = str(e)
+        ctx.show(local, clilocal.render_local)
+        return EXIT_UNREACHABLE
+    ctx.show(st, clirender.render_status)
+    return EXIT_OK
+
+
+def cmd_why(ctx: Context) -> int:
+    ctx.show(ctx.call("why"), clirender.render_why)
+    return EXIT_OK
+
+
+def cmd_history(ctx: Context) -> int:
+    ctx.show(ctx.call("history", decisions=ctx.args.decisions), clirender.render_history)
+    return EXIT_OK
+
+
+def cmd_check(ctx: Context) -> int:
+    got = ctx.call("check", timeout=SLOW)
+    ctx.show(got, clirender.render_check)
+    return EXIT_OK if got["ok"] else EXIT_FAILED
+
+
+def _simple(cmd: str, **fixed: Any) -> Callable[[Context], int]:
+    def run(ctx: Context) -> int:
+        got = ctx.call(cmd, timeout=SLOW, **fixed)
+        print(json.dumps(got, indent=2, sort_keys=True) if ctx.json else _next(got))
+        return EXIT_OK
+    return run
+
+
+def cmd_migrate(ctx: Context) -> int:
+    lifetime = None
+    if ctx.args.lifetime is not None:
+        try:
+            lifetime = parse_duration(ctx.args.lifetime)
+        except ValueError as e:
+            raise UsageError(f"--lifetime: {e}") from None
+    got = ctx.call("migrate", lifetime=lifetime, force=ctx.args.force, timeout=SLOW)
+    print(json.dumps(got, indent=2, sort_keys=True) if ctx.json else _next(got))
+    return EXIT_OK
+
+
+def cmd_node_verb(cmd: str) -> Callable[[Context], int]:
+    def run(ctx: Context) -> int:
+        kw = {"node": ctx.args.node} if ctx.args.node else {}
+        got = ctx.call(cmd, **kw)
+        print(json.dumps(got, indent=2, sort_keys=True) if ctx.json else _next(got))
+        return EXIT_OK
+    return run
+
+
+def cmd_maintenance(ctx: Context) -> int:
+    got = ctx.call("maintenance", on=ctx.args.state == "on")
+    print(json.dumps(got, indent=2, sort_keys=True) if ctx.json else _next(got))
+    return EXIT_OK
+
+
+def cmd_cleanup(ctx: Context) -> int:
+    got = ctx.call("cleanup", **({"vm": ctx.args.vm} if ctx.args.vm else {}))
+    print(json.dumps(got, indent=2, sort_keys=True) if ctx.json else _next(got))
+    return EXIT_OK
+
+
+def cmd_unblock(ctx: Context) -> int:
+    got = ctx.call("unblock")
     if ctx.json:
-        print(json.dumps(st, indent=2, sort_keys=True))
+        print(json.dumps(got, indent=2, sort_keys=True))
     else:
-        print(render_status(st))
+        print("checked: " + "; ".join(got.get("checked", [])))
+        print(_next(got))
+    return EXIT_OK if got.get("blocked") is None else EXIT_FAILED
+
+
+def cmd_fence(ctx: Context) -> int:
+    got = ctx.call("fence", node=ctx.args.node)
+    print(json.dumps(got, indent=2, sort_keys=True) if ctx.json else _next(got))
+    return EXIT_OK
+
+
+def _typed(prompt: str) -> str:
+    print(prompt, end="", flush=True, file=sys.stderr)
+    line = sys.stdin.readline()
+    return line.strip()
+
+
+def cmd_confirm_fenced(ctx: Context) -> int:
+    node = ctx.args.node
+    if ctx.args.accept_data_loss:
+        ev = ctx.call("confirm-fenced", node=node, accept_data_loss=True, preview=True)["evidence"]
+        print("Promoting this node may lose data. What is known:", file=sys.stderr)
+        print(f"  epoch here {ev['epoch_here']}, peer's last seen {ev['epoch_peer_seen']}", file=sys.stderr)
+        print(f"  data UUID here {ev['data_uuid_here']}, on the peer when last heard {ev['data_uuid_peer_last_heard']}", file=sys.stderr)
+        print(f"  local disk {ev['disk_here']}; peer last heard {ev['peer_last_heard_seconds_ago']} s ago", file=sys.stderr)
+        for x in ev["may_be_lost"]:
+            print(f"  - {x}", file=sys.stderr)
+        if ctx.args.yes != node and _typed(f"Type {node} to confirm that it is powered off and that data may be lost: ") != node:
+            raise UsageError("not confirmed; nothing recorded")
+    got = ctx.call("confirm-fenced", node=node, accept_data_loss=ctx.args.accept_data_loss)
+    print(json.dumps(got, indent=2, sort_keys=True) if ctx.json else _next(got))
+    return EXIT_OK
+
+
+def cmd_split_brain(ctx: Context) -> int:
+    a = ctx.args
+    if not a.resolve:
+        ctx.show(ctx.call("split-brain", timeout=SLOW), clirender.render_split_brain)
+        return EXIT_OK
+    if not a.victim:
+        raise UsageError("--resolve needs --victim NODE")
+    confirm = a.yes if a.yes else _typed(f"The changes on {a.victim} since the split will be DISCARDED. Type {a.victim} to go on: ")
+    got = ctx.call("split-brain", resolve=True, victim=a.victim, confirm=confirm, timeout=SLOW)
+    ctx.show(got, clirender.render_split_brain)
     return EXIT_OK
 
 
@@ -191,14 +220,31 @@ def cmd_daemon_restart(ctx: Context) -> int:
 
 
 VERBS: dict[str, tuple[Callable[[Context], int], str]] = {
-    "status": (cmd_status, "show the cluster state"),
+    "status": (cmd_status, "show the cluster state (exit 3 with what can be read locally when the daemon is down)"),
+    "why": (cmd_why, "the current decision, its reason code and every input that mattered"),
+    "history": (cmd_history, "recent decisions and failover/handover timelines with per-phase durations"),
+    "check": (cmd_check, "pre-flight checks of this node and the cluster (exit 1 on problems)"),
+    "start": (_simple("start"), "start (restore) the managed VMs on this node directly, bypassing the cluster"),
+    "stop": (_simple("stop"), "save the managed VMs on this node directly, bypassing the cluster"),
+    "forcestart": (_simple("forcestart"), "set the target role to started (cluster-wide)"),
+    "forcestop": (_simple("forcestop"), "set the target role to stopped: VMs saved and kept stopped (cluster-wide)"),
+    "cleanup": (cmd_cleanup, "clear fail counts (of one VM, or all) so a VM may start again"),
+    "migrate": (cmd_migrate, "ban this node so the resources move to the peer by handover"),
+    "unmigrate": (_simple("unmigrate"), "lift the migrate ban"),
+    "standby": (cmd_node_verb("standby"), "put a node (default: this one) in standby"),
+    "unstandby": (cmd_node_verb("unstandby"), "take a node (default: this one) out of standby"),
+    "maintenance": (cmd_maintenance, "maintenance on|off: the cluster only observes"),
+    "fence": (cmd_fence, "fence the peer now (an operator-requested, verified fence)"),
+    "confirm-fenced": (cmd_confirm_fenced, "record that the peer is powered off (you checked it yourself)"),
+    "unblock": (cmd_unblock, "leave BLOCKED once its cause is gone"),
+    "split-brain": (cmd_split_brain, "the evidence of a split brain and the recovery commands"),
     "reload": (cmd_reload, "re-read the configuration file (like SIGHUP)"),
     "fence-peer": (cmd_handler_help, "DRBD's fence-peer handler (exit codes are DRBD's: 4 outdated, 7 fenced, 1 otherwise)"),
     "unfence-peer": (cmd_handler_help, "DRBD's unfence-peer handler"),
     "daemon-restart": (cmd_daemon_restart, "restart this node's daemon, telling the peer to expect it back (resources keep running)"),
     "console-password": (cmd_console_password, "set the web console's password (writes a salted hash; the console is read-only without one)"),
 }
-READ_VERBS = {"status"}
+JSON_VERBS = set(VERBS) - {"fence-peer", "unfence-peer", "reload", "daemon-restart", "console-password"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -208,10 +254,31 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", metavar="VERB")
     for name, (_fn, help_) in VERBS.items():
         sp = sub.add_parser(name, help=help_, description=help_)
-        if name in READ_VERBS:
+        if name in JSON_VERBS:
             sp.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "console-password":
             password_cli.add_arguments(sp)
+        elif name == "history":
+            sp.add_argument("--decisions", type=int, default=50, help="how many recent decisions (1..200)")
+        elif name == "migrate":
+            sp.add_argument("--lifetime", help="the ban expires after this long (e.g. 30m, 2h)")
+            sp.add_argument("--force", action="store_true", help="ban even when the pre-flight fails")
+        elif name in ("standby", "unstandby"):
+            sp.add_argument("node", nargs="?", help="node name (default: this node)")
+        elif name == "maintenance":
+            sp.add_argument("state", choices=("on", "off"))
+        elif name == "cleanup":
+            sp.add_argument("vm", nargs="?", help="only this VM")
+        elif name == "fence":
+            sp.add_argument("node", help="the peer's name, typed out")
+        elif name == "confirm-fenced":
+            sp.add_argument("node", help="the peer's name, typed out")
+            sp.add_argument("--accept-data-loss", action="store_true", help="also promote a disk that is not UpToDate (S3)")
+            sp.add_argument("--yes", metavar="NODE", help="the typed confirmation, for scripts")
+        elif name == "split-brain":
+            sp.add_argument("--resolve", action="store_true", help="run the recovery for this node's part")
+            sp.add_argument("--victim", help="the node whose changes are discarded")
+            sp.add_argument("--yes", metavar="NODE", help="the typed confirmation (the victim's name), for scripts")
     return p
 
 

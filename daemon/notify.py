@@ -50,10 +50,17 @@ class Notifier:
     def stopping(self, status: str = "stopping") -> None:
         self._send(f"STOPPING=1\nSTATUS={status}")
 
-    def cycle_done(self, now: float) -> bool:
-        """Ping the watchdog if half its period has passed; returns True when sent."""
-        if self.watchdog_interval is None or now - self._last_ping < self.watchdog_interval / 2:
-            return False
-        self._last_ping = now
-        self._send("WATCHDOG=1")
-        return True
+    def cycle_done(self, now: float, status: str | None = None, *, in_time: bool = True) -> bool:
+        """After a cycle: ping the watchdog if the cycle was ``in_time`` and half its period has passed,
+        and carry a changed ``status`` in the same message. Returns True when the watchdog was pinged."""
+        parts = []
+        ping = in_time and self.watchdog_interval is not None and now - self._last_ping >= self.watchdog_interval / 2
+        if ping:
+            self._last_ping = now
+            parts.append("WATCHDOG=1")
+        if status is not None and status != self._last_status:
+            self._last_status = status
+            parts.append(f"STATUS={status}")
+        if parts:
+            self._send("\n".join(parts))
+        return ping

@@ -194,18 +194,25 @@ class FenceCoordinator:
             op.task.cancel()
 
     async def confirm_fenced(self, episode: Episode, target_incarnation: int, typed_name: str, operator: str, *,
-                             peer_heard: bool, drbd_connected: bool) -> FenceRecord:
+                             peer_heard: bool, drbd_connected: bool, accept_data_loss: bool = False) -> FenceRecord:
         """``clevervm confirm-fenced NODE``: record an operator's confirmation.
 
         Raises ConfirmRefused. With an operation in flight for this episode,
         it ends that operation confirmed (any device attempt is abandoned).
+        ``accept_data_loss`` (DESIGN S3) is recorded in a record of its own,
+        even when the episode already has one without it.
         """
         conf = check_confirmation(self.target, typed_name, operator, peer_heard=peer_heard, drbd_connected=drbd_connected)
         if episode.peer != self.target:
             raise ConfirmRefused(f"episode {episode.key()} is not a loss of {self.target}")
         existing = self.journal.record_for(episode)
-        if existing is not None:
+        if existing is not None and (existing.accept_data_loss or not accept_data_loss):
             return existing
+        if accept_data_loss:
+            rec = dataclasses.replace(self._operator_record(episode, target_incarnation, conf, now_wall()), accept_data_loss=True)
+            await asyncio.to_thread(self.journal.append, rec)
+            self._emit("fence_confirmed", f"{self.target} confirmed off by operator {operator}, data loss accepted", alert=True)
+            return rec
         op = self._op
         if op is not None and op.request.episode == episode and op.task is not None and not op.task.done():
             if not op.operator.done():

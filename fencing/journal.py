@@ -41,6 +41,7 @@ class FenceRecord:
     local_node: str
     local_boot_id: str
     operator: str | None = None
+    accept_data_loss: bool = False  # operator: `clevervm confirm-fenced --accept-data-loss` (DESIGN S3)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -57,7 +58,8 @@ class FenceRecord:
             level=None if d["level"] is None else int(d["level"]), devices=tuple(map(str, d["devices"])),
             evidence=tuple(map(str, d["evidence"])), started=float(d["started"]), confirmed=float(d["confirmed"]),
             local_node=str(d["local_node"]), local_boot_id=str(d["local_boot_id"]),
-            operator=None if d.get("operator") is None else str(d["operator"]))
+            operator=None if d.get("operator") is None else str(d["operator"]),
+            accept_data_loss=d.get("accept_data_loss") is True)
 
 
 def _digest(body: str) -> str:

@@ -135,13 +135,22 @@ class SelfFenceGuard:
         self.armed = False
         self.actual_timeout: int | None = None
         self.feeding = False
+        self._disarm_on_refusal = True
 
-    def arm(self) -> None:
-        """Open and configure the device; raises WatchdogRefused (device left disarmed when possible)."""
+    def arm(self, *, disarm_on_refusal: bool = True) -> None:
+        """Open and configure the device; raises WatchdogRefused.
+
+        On a refusal the device is disarmed (magic close) only when
+        ``disarm_on_refusal``: a daemon restarted while this node holds
+        resources passes False, so a refusal leaves the watchdog as the
+        previous daemon armed it (it resets the node unless fixed) instead of
+        silently removing the backstop under running resources.
+        """
         if self.timeout <= self.restart_allowance:
             raise WatchdogRefused(f"watchdog.timeout {self.timeout:g}s must exceed a daemon restart ({self.restart_allowance:g}s), "
                                   "or a restart would reset the node")
         self.driver.open()
+        self._disarm_on_refusal = disarm_on_refusal
         try:
             opts = self.driver.options()
             ident = self.driver.identity()
@@ -170,7 +179,10 @@ class SelfFenceGuard:
 
     def _disarm(self) -> None:
         with contextlib.suppress(OSError):
-            self.driver.magic_close()
+            if self._disarm_on_refusal:
+                self.driver.magic_close()
+            else:
+                self.driver.close()
 
     def feed_once(self) -> bool:
         """Ping the device if this node is entitled to what it holds; returns whether it fed."""

@@ -32,7 +32,7 @@ def domain_xml(name: str, *, state: int | None = None, disk: Path | None = None)
     runstate = f"    <test:runstate>{state}</test:runstate>\n" if state is not None else ""
     return ("  <domain type='test'>\n"
             f"    <name>{escape(name)}</name>\n    <uuid>{domain_uuid(name)}</uuid>\n"
-            "    <memory>65536</memory>\n    <vcpu>1</vcpu>\n    <os><type>hvm</type></os>\n"
+            "    <memory>4096</memory>\n    <vcpu>1</vcpu>\n    <os><type>hvm</type></os>\n"
             + runstate + devices + "  </domain>\n")
 
 

@@ -83,8 +83,8 @@ def test_sighup_with_broken_config_keeps_old(lab_configs: tuple[Path, Path], not
         assert "heartbeat.timeout: must be at least 3 x heartbeat.interval" in d.log()
         assert d.alive()
         st = json.loads(run_cli(cfg, "status", "--json").stdout)
-        assert st["reloads"]["failed"] == 1 and st["reloads"]["ok"] == 0
-        assert any("heartbeat.timeout" in p for p in st["reloads"]["last_error"])
+        assert st["daemon"]["reloads"]["failed"] == 1 and st["daemon"]["reloads"]["ok"] == 0
+        assert any("heartbeat.timeout" in p for p in st["daemon"]["reloads"]["last_error"])
         # A good file is then taken.
         cfg.write_text(original.replace("[policy]\n", "") + '\n[policy]\nmigration_threshold = 5\n')
         d.signal(signal.SIGHUP)
@@ -114,8 +114,8 @@ def test_status_json_and_text(lab_configs: tuple[Path, Path], notify: NotifyList
         assert r.returncode == 0, r.stderr
         st = json.loads(r.stdout)
         assert st["node"] == "node1" and st["peer"] == "node2" and st["phase"] == "STARTING"
-        assert st["pid"] == d.pid and st["config_path"] == str(lab_configs[0].resolve())
-        assert st["uptime_seconds"] >= 0
+        assert st["daemon"]["pid"] == d.pid and st["daemon"]["config_path"] == str(lab_configs[0].resolve())
+        assert st["daemon"]["uptime_seconds"] >= 0 and st["schema"] == 1
         text = run_cli(lab_configs[0], "status")
         assert text.returncode == 0
         assert "Node node1: phase STARTING" in text.stdout and f"pid {d.pid}" in text.stdout
@@ -130,6 +130,8 @@ def test_clevervm_without_daemon_exits_3(lab_configs: tuple[Path, Path]) -> None
     assert r.returncode == 3
     assert r.stderr.strip().startswith("clevervm: daemon not running")
     assert "Traceback" not in r.stderr
+    # what can be read locally, under a banner
+    assert "NOT RUNNING" in r.stdout and "Floating IP 192.0.2.50/24: not here" in r.stdout
 
 
 def test_clevervm_usage_errors(lab_configs: tuple[Path, Path], tmp_path: Path) -> None:

@@ -131,6 +131,30 @@ def test_split_brain_detected_on_reconnect_and_manual_recovery(tmp_path: Path) -
         assert n1.state()["role"] == "Primary" and n1.state()["meta"]["current"] & ~1 == n2.state()["meta"]["current"] & ~1
 
 
+@pytest.mark.parametrize("who", ["secondary", "primary"])
+def test_graceful_disconnect_outdates_the_secondary_and_freezes_nothing(tmp_path: Path, who: str) -> None:
+    """DRBD's conn_try_disconnect with resource-and-stonith: whichever side disconnects gracefully, the
+    Secondary's disk becomes Outdated, the Primary sees it so, keeps writing and runs no fence-peer handler."""
+    conf = {**FAST, "handlers": {"fence-peer": handler(tmp_path, "fence", 1)}}
+    with DrbdPair(tmp_path / "gd", "9", conf=conf) as p:
+        p.start()
+        p.wait_connected()
+        n1, n2 = p.node(1), p.node(2)
+        assert n1.run("drbdadm", "primary", "r0").returncode == 0
+        assert (n2 if who == "secondary" else n1).run("drbdadm", "disconnect", "r0").returncode == 0
+        n1.wait(lambda s: s["conn"] != "Connected" and s["peer_disk"] == "Outdated", what="node1 sees the peer Outdated")
+        n2.wait(lambda s: s["disk"] == "Outdated", what="node2 outdated")
+        assert "fencing" not in n1.state()["susp"]
+        assert n1.write(4)["replicated"] is False  # not frozen
+        assert not (tmp_path / "fence.log").exists()
+        # An Outdated standby cannot promote, and reconnecting resyncs it.
+        assert n2.run("drbdadm", "primary", "r0").returncode != 0
+        for n in (n1, n2):
+            if n.state()["conn"] == "StandAlone":
+                assert n.run("drbdadm", "connect", "r0").returncode == 0
+        n2.wait(lambda s: s["conn"] == "Connected" and s["disk"] == "UpToDate", what="node2 resynced")
+
+
 def node1_writes_alone(p: DrbdPair, kib: int) -> tuple[SimNode, SimNode]:
     """Start the pair; node1 is promoted and writes ``kib`` KiB while node2 is disconnected."""
     p.start()
@@ -382,7 +406,7 @@ def test_unfence_peer_is_a_drbd9_handler(tmp_path: Path, version: str) -> None:
         p.wait_connected()
         n1, n2 = p.node(1), p.node(2)
         assert n1.run("drbdadm", "primary", "r0").returncode == 0
-        assert n2.run("drbdadm", "disconnect", "r0").returncode == 0
+        n2.disconnect_abruptly()  # a graceful disconnect would outdate node2 instead
         n1.wait(lambda s: s["peer_disk"] == "Outdated" and not s["susp"] and not s["helpers"], what="peer fenced (exit 4)")
         assert n2.run("drbdadm", "connect", "r0").returncode == 0
         p.wait_connected()
@@ -506,12 +530,12 @@ def test_a_reconnect_resumes_io_and_voids_the_running_handler(tmp_path: Path, ve
         p.wait_connected()
         n1, n2 = p.node(1), p.node(2)
         assert n1.run("drbdadm", "primary", "r0").returncode == 0
-        assert n2.run("drbdadm", "disconnect", "r0").returncode == 0
+        n2.disconnect_abruptly()  # a graceful disconnect would outdate node2 instead
         n1.wait(lambda s: "fencing" in s["susp"] and "fence-peer" in s["helpers"], what="first freeze, handler 1 running")
         assert n2.run("drbdadm", "connect", "r0").returncode == 0
         n1.wait(lambda s: s["conn"] == "Connected" and not s["susp"], what="I/O resumed on the reconnect")
         assert n1.write(4)["replicated"] is True
-        assert n2.run("drbdadm", "disconnect", "r0").returncode == 0
+        n2.disconnect_abruptly()  # a graceful disconnect would outdate node2 instead
         n1.wait(lambda s: s["conn"] != "Connected" and "fencing" in s["susp"], what="second freeze")
         wait_for(lambda: count.exists() and count.read_text().strip() == "2", 15, "handler 2 started")
         gate.write_text("go")

@@ -18,7 +18,7 @@ facts (which one is the cluster's peer is not known here).
 Acting (the interface the resource executor uses; all raise the typed
 errors of :mod:`.errors`, all bounded by ``drbd.command_timeout``)::
 
-    await adapter.promote()    # drbdadm primary RES  (never --force)
+    await adapter.promote()    # drbdadm primary RES  (--force only with force=True: the operator accepted data loss)
     await adapter.demote()     # drbdadm secondary RES (HeldOpen while mounted)
     await adapter.role()       # a fresh Role from drbdadm role RES
     adapter.facts()            # the latest DrbdFacts, no I/O
@@ -198,9 +198,10 @@ class DrbdAdapter:
             raise errors.DrbdUnavailable(f"{self.cfg.resource} is unconfigured")
         return pair
 
-    async def promote(self) -> None:
-        """``drbdadm primary`` (never ``--force``: promoting without UpToDate data is an operator's call)."""
-        await self._adm("primary", self.cfg.resource)
+    async def promote(self, *, force: bool = False) -> None:
+        """``drbdadm primary``; ``--force`` only when an operator accepted the data loss
+        (``clevervm confirm-fenced --accept-data-loss``, DESIGN S3), never otherwise."""
+        await self._adm("primary", *(("--force",) if force else ()), self.cfg.resource)
         await self._refresh_gi()
 
     async def demote(self) -> None:

@@ -102,3 +102,12 @@ class IntentStore:
             # tie): report it rather than merge, so the operator checks the record.
             self.superseded = mine
         return True
+
+    def adopt_copy(self, rec: AdminIntent) -> bool:
+        """The copy found on the replicated filesystem (whoever mounts it gets the newest): adopted,
+        persisted first, when it wins. What the peer holds is not changed by it."""
+        if rec.order() <= self.record.order():
+            return False
+        self._persist(rec)
+        self.record = rec
+        return True

@@ -29,6 +29,7 @@ import msgpack
 from .codec import to_wire, wf
 
 NAME = 63  # config.NAME_RE allows 63 characters
+GRANT_ID = NAME + 33  # "<node>-<incarnation>-<counter>": the policy's grant ids
 PHASES = ("STARTING", "SECONDARY", "FENCING", "PROMOTING", "PRIMARY", "DEMOTING", "BLOCKED", "MAINTENANCE")
 Phase = Literal["STARTING", "SECONDARY", "FENCING", "PROMOTING", "PRIMARY", "DEMOTING", "BLOCKED", "MAINTENANCE"]
 TargetRole = Literal["started", "stopped"]
@@ -79,18 +80,19 @@ class ResourceSummary:
 class GrantToken:
     """A handover grant (from the active node) or a cold-start yield (from the weaker candidate)."""
 
-    grant_id: str = wf("id", max_len=32)
+    grant_id: str = wf("id", max_len=GRANT_ID)
     kind: Literal["grant", "yield"] = wf("k")
     grantee: str = wf("to", max_len=NAME)
     grantor_incarnation: int = wf("gi")
     epoch: Epoch = wf("e")
+    grantee_incarnation: int | None = wf("ge", None)  # the grantee daemon it was offered to (a restarted one is offered anew)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GrantReply:
     """The grantee's answer: it acknowledged (and counts as active) or declined."""
 
-    grant_id: str = wf("id", max_len=32)
+    grant_id: str = wf("id", max_len=GRANT_ID)
     accepted: bool = wf("a")
 
 
@@ -133,8 +135,11 @@ class NodeReport:
     eligible: bool | None = wf("el", None)
     ineligible_reasons: tuple[str, ...] = wf("er", (), max_len=40, max_items=4)
     grant: GrantToken | None = wf("g", None)
-    grant_reply: GrantReply | None = wf("gr", None)
+    grant_reply: GrantReply | None = wf("gr", None)  # the acknowledgement (or, with no acknowledgement, a decline)
     fencing: FencingReport = wf("fe", FencingReport())
+    decline: str | None = wf("gd", None, max_len=GRANT_ID)  # a grant declined while another one is acknowledged
+    outdate_request: bool = wf("or", False)  # this node's fence-peer handler asks the peer to outdate its disk
+    leaving: bool = wf("lv", False)  # clean stop under way: nothing held here any more, the daemon may exit
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -202,6 +207,8 @@ class AdminIntent:
     standby: tuple[str, ...] = wf("sb", (), max_len=NAME, max_items=2)
     maintenance: bool = wf("m", False)
     cleanups: tuple[Cleanup, ...] = wf("c", (), max_items=MAX_CLEANUPS)
+    unblock_seq: int = wf("us", 0)  # raised by each `clevervm unblock`
+    fence_seq: int = wf("fs", 0)  # raised by each `clevervm fence PEER`
 
     @functools.cached_property
     def ref(self) -> IntentRef:

@@ -30,7 +30,8 @@ class DrbdControl(Protocol):
     """
 
     async def promote(self) -> None:
-        """``drbdadm primary RESOURCE`` (never ``--force``).
+        """``drbdadm primary RESOURCE`` (``--force`` only for the one promotion an operator accepted
+        the data loss for, ``clevervm confirm-fenced --accept-data-loss``).
 
         The step checks the gate right before calling this, so the command
         must be started before the first ``await`` that can yield (no lock,

@@ -39,6 +39,7 @@ from .. import logsetup
 from ..config import IpConfig
 from . import arp, ndp
 from .base import ResourceError, StepContext
+from .threads import IP, run_in
 
 log = logsetup.get("daemon.resources.ip")
 
@@ -132,33 +133,33 @@ class FloatingIp:
     # ------------------------------------------------------------------ step
 
     async def start(self, ctx: StepContext) -> None:
-        st = await asyncio.to_thread(self.read_state)
+        st = await run_in(IP, self.read_state)
         if st.present and not st.dad_failed:
             ctx.note(f"{self.address} already on {self.cfg.interface}")
             return
         if not st.up:
             raise ResourceError(f"interface {self.cfg.interface} is down; not adding {self.address}")
         if st.present:  # a leftover that failed DAD: take it away and try again
-            await asyncio.to_thread(self._change, "del", st.index)
+            await run_in(IP, self._change, "del", st.index)
         req = ctx.start
         check = req is not None and req.takeover == "failover" and self.cfg.conflict_check
-        dad = check and self.address.version == 6 and await asyncio.to_thread(self._does_dad)
+        dad = check and self.address.version == 6 and await run_in(IP, self._does_dad)
         if check and self.address.version == 4:
             assert isinstance(self.address.ip, ipaddress.IPv4Address)
-            other = await asyncio.to_thread(arp.probe, self.cfg.interface, st.mac, self.address.ip, self.cfg.conflict_timeout)
+            other = await run_in(IP, arp.probe, self.cfg.interface, st.mac, self.address.ip, self.cfg.conflict_timeout)
             if other is not None:
                 raise ResourceError(self._conflict(f"still answers ARP from {other}"))
             ctx.note(f"no answer to the conflict probe within {self.cfg.conflict_timeout:g} s")
         elif check and not dad:  # IPv6 on an interface without DAD: ask for the address ourselves
             assert isinstance(self.address.ip, ipaddress.IPv6Address)
-            other = await asyncio.to_thread(ndp.probe, self.cfg.interface, st.mac, self.address.ip, self.cfg.conflict_timeout)
+            other = await run_in(IP, ndp.probe, self.cfg.interface, st.mac, self.address.ip, self.cfg.conflict_timeout)
             if other is not None:
                 raise ResourceError(self._conflict(f"still answers neighbour solicitations from {other}"))
             ctx.note(f"no answer to the conflict probe within {self.cfg.conflict_timeout:g} s "
                      f"({self.cfg.interface} does no duplicate address detection)")
         ctx.check_gate()
-        await asyncio.to_thread(self._change, "add", st.index, dad)
-        st = await asyncio.to_thread(self.read_state)
+        await run_in(IP, self._change, "add", st.index, dad)
+        st = await run_in(IP, self.read_state)
         if not st.present:
             raise ResourceError(f"{self.address} is not on {self.cfg.interface} after adding it")
         if dad:
@@ -187,14 +188,14 @@ class FloatingIp:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DAD_WAIT
         while True:
-            st = await asyncio.to_thread(self.read_state)
+            st = await run_in(IP, self.read_state)
             if st.dad_failed or not st.present or loop.time() >= deadline:
                 break
             if not st.tentative:
                 ctx.note("duplicate address detection passed")
                 return
             await asyncio.sleep(0.05)
-        await asyncio.to_thread(self._change, "del", st.index)
+        await run_in(IP, self._change, "del", st.index)
         if st.dad_failed:
             raise ResourceError(self._conflict("failed duplicate address detection (a neighbour answered for it)"))
         raise ResourceError(f"duplicate address detection for {self.address.ip} did not finish within {DAD_WAIT:g} s")
@@ -203,10 +204,10 @@ class FloatingIp:
         ip = self.address.ip
         try:
             if isinstance(ip, ipaddress.IPv4Address):
-                sock = await asyncio.to_thread(arp.open_socket, self.cfg.interface)
+                sock = await run_in(IP, arp.open_socket, self.cfg.interface)
                 packet, dest = arp.frame(arp.OP_REQUEST, arp.mac_bytes(st.mac), ip.packed, ip.packed), None
             else:
-                sock = await asyncio.to_thread(ndp.open_socket, st.index, ip)
+                sock = await run_in(IP, ndp.open_socket, st.index, ip)
                 packet, dest = ndp.advertisement(ip, st.mac), st.index
         except OSError as e:
             raise ResourceError(f"cannot announce {ip} on {self.cfg.interface}: {e.strerror}") from e
@@ -227,19 +228,19 @@ class FloatingIp:
 
     async def stop(self, ctx: StepContext) -> None:
         try:
-            st: IpState | None = await asyncio.to_thread(self.read_state)
+            st: IpState | None = await run_in(IP, self.read_state)
         except InterfaceMissing as e:
             ctx.note(f"{e}, so {self.address} is not held")  # a vanished interface took the address with it
             st = None
         if st is not None and st.present:
-            await asyncio.to_thread(self._change, "del", st.index)
-            if await asyncio.to_thread(self.present):
+            await run_in(IP, self._change, "del", st.index)
+            if await run_in(IP, self.present):
                 raise ResourceError(f"{self.address} is still on {self.cfg.interface} after removing it")
             ctx.note(f"removed {self.address} from {self.cfg.interface}")
         elif st is not None:
             ctx.note(f"{self.address} not on {self.cfg.interface}")
         # Only ours is removed; the same address held any other way still makes this node answer for it.
-        others = await asyncio.to_thread(self.held_otherwise)
+        others = await run_in(IP, self.held_otherwise)
         if others:
             raise ResourceError(f"{', '.join(others)} (not by clever-cluster); this node still answers for "
                                 f"{self.address.ip}: remove it by hand")

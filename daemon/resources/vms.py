@@ -39,6 +39,7 @@ from ..config import VmsConfig
 from .base import GateStale, ImageToken, ResourceError, StartRequest, StepContext
 from .libvirtconn import LibvirtClient, LibvirtUnavailable
 from .saveimage import ImageStore, restore_verdict
+from .threads import SAVE_DIR, run_in
 from .vmmonitor import STATE_NAMES, STOPPED, VmInfo, list_managed
 
 log = logsetup.get("daemon.resources.vms")
@@ -114,7 +115,7 @@ class VmStep:
         if not vms:
             ctx.note("no managed VM is defined here")
         try:
-            await asyncio.to_thread(self.images.ensure_dir)
+            await run_in(SAVE_DIR, self.images.ensure_dir)
         except ResourceError as e:
             raise ResourceError(f"VMs not started: cannot check for save images: {e}") from e
         sem = asyncio.Semaphore(self.cfg.parallel)
@@ -144,24 +145,24 @@ class VmStep:
             if vm.state == "missing":
                 raise ResourceError(f"{name} is not defined on this node")
             if vm.active:
-                if await asyncio.to_thread(self.images.invalidate, name, "the domain is already running"):
+                if await run_in(SAVE_DIR, self.images.invalidate, name, "the domain is already running"):
                     ctx.note(f"{name}: its unused save image was set aside")
                 if vm.state == "paused":
                     ctx.check_gate()
                     await self._dom(name, "resume", gate=ctx.check_gate)
                     return "resumed (was paused)"
                 return "already running"
-            info = await asyncio.to_thread(self.images.find, name)
+            info = await run_in(SAVE_DIR, self.images.find, name)
             why_not: str | None = None
             if info is not None:
                 why_not = info.problem or (restore_verdict(info.token, req) if info.token else "it has no token")
                 if why_not is None:
                     why_not = await self._disks_written_since(name, info.written_wall)
                 if why_not is None:
-                    why_not = await asyncio.to_thread(self.images.verify, info)
+                    why_not = await run_in(SAVE_DIR, self.images.verify, info)
             if info is not None and why_not is None:
                 ctx.check_gate()
-                consumed = await asyncio.to_thread(self.images.claim, info)
+                consumed = await run_in(SAVE_DIR, self.images.claim, info)
                 ctx.check_gate()
                 try:
                     async with asyncio.timeout(self.cfg.start_timeout):
@@ -177,7 +178,7 @@ class VmStep:
                 return f"restored from its save image ({info.token.id if info.token else '?'})"
             if info is not None:
                 log.warning("not restoring %s from %s: %s; cold-booting it", name, info.path.name, why_not)
-                await asyncio.to_thread(self.images.invalidate, name, f"not restored: {why_not}")
+                await run_in(SAVE_DIR, self.images.invalidate, name, f"not restored: {why_not}")
                 return await self._cold_boot(ctx, name, f"cold-booted; save image not used: {why_not}")
             return await self._cold_boot(ctx, name, "cold-booted")
 
@@ -204,14 +205,14 @@ class VmStep:
                     out.append(f)
             return out
 
-        changed = await asyncio.to_thread(newer)
+        changed = await run_in(SAVE_DIR, newer)
         if changed:
             return f"its disk {', '.join(changed)} was written after the image (the VM ran from its disk since)"
         return None
 
     async def _after_restore(self, name: str) -> None:
         try:
-            await asyncio.to_thread(self.images.cleanup, name)
+            await run_in(SAVE_DIR, self.images.cleanup, name)
         except OSError as e:
             log.warning("could not remove the consumed save image of %s: %s", name, e)
 
@@ -287,7 +288,7 @@ class VmStep:
             # ends in the shutdown fallback, not in the step's deadline with the VM still running.
             async with asyncio.timeout(self.cfg.save_timeout):
                 try:
-                    tmp = await asyncio.to_thread(self.images.prepare, name)
+                    tmp = await run_in(SAVE_DIR, self.images.prepare, name)
                 except (ResourceError, OSError) as e:  # OSError: save_dir unwritable (ext4 gone read-only)
                     return f"refused: {e}"
                 await self._dom(name, "save", str(tmp))
@@ -296,7 +297,7 @@ class VmStep:
         except (libvirt.libvirtError, LibvirtUnavailable) as e:
             return str(e)
         try:
-            await asyncio.to_thread(self.images.commit, name, image, self._wall())
+            await run_in(SAVE_DIR, self.images.commit, name, image, self._wall())
         except (ResourceError, OSError) as e:
             return f"the image could not be committed: {e}"
         return None
@@ -347,7 +348,7 @@ class VmStep:
         # the monitor. One look at a time, so a hung one does not pile up threads.
         if self._scan is not None and not self._scan.done():
             return
-        self._scan = scan = asyncio.ensure_future(asyncio.to_thread(self._with_image, running))
+        self._scan = scan = asyncio.ensure_future(run_in(SAVE_DIR, self._with_image, running))
         scan.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved even when not waited for
         try:
             async with asyncio.timeout(SAVE_DIR_WAIT):
@@ -364,7 +365,7 @@ class VmStep:
                 try:
                     if not (await self._state(name)).active:
                         continue
-                    await asyncio.to_thread(self.images.invalidate, name, "the domain ran from its disk after the image was written")
+                    await run_in(SAVE_DIR, self.images.invalidate, name, "the domain ran from its disk after the image was written")
                 except (ResourceError, libvirt.libvirtError):
                     continue  # the filesystem is not mounted here, or libvirt went away: nothing to set aside
                 except OSError as e:  # read-only or failing save_dir: tried again at the next observation

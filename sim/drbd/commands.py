@@ -67,6 +67,9 @@ async def api(node: Node, req: dict[str, Any]) -> Any:
     if what == "fail_disk":
         await node.fail_disk()
         return node.view()
+    if what == "disconnect_abruptly":  # as a peer that vanished sees it: no goodbye, no outdating
+        await node.disconnect(graceful=False)
+        return node.view()
     if what == "conf":  # what drbdadm adjust / net-options do to a live resource: no reconnect
         node.conf.update(req["set"])
         node.publish()

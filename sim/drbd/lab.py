@@ -171,6 +171,12 @@ class SimNode:
         r: dict[str, list[list[int]]] = self.api(what="held")
         return r
 
+    def disconnect_abruptly(self) -> dict[str, Any]:
+        """This node drops the connection to its twin with no goodbye and stays StandAlone: to the twin it
+        looks like a cut link (a Primary freezes and runs fence-peer), unlike ``drbdadm disconnect``."""
+        r: dict[str, Any] = self.api(what="disconnect_abruptly")
+        return r
+
     def fail_disk(self) -> dict[str, Any]:
         """The backing disk fails: DRBD detaches it (disk Failed, then Diskless; it stays so across restarts)."""
         r: dict[str, Any] = self.api(what="fail_disk")

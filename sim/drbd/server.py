@@ -18,6 +18,10 @@ Invariants:
   writes before anything else and stays frozen until the fence-peer handler
   exits 3, 4, 5 or 7, ``resume-io``, or the peer connects again; a handler
   started before that reconnect has its exit code ignored.
+- A graceful disconnect between a Primary and a Secondary (``drbdadm
+  disconnect``/``down``, with fencing on) outdates the Secondary's disk first,
+  as DRBD's ``conn_try_disconnect`` does: the Primary then sees the peer's
+  disk Outdated, does not freeze and runs no fence-peer handler.
 - With ``transitions`` configured, every change of role, disk, connection and
   suspension and every acknowledged write is appended to the lab's
   transition log (``sim.nodelab.transitions``) with ``time.monotonic()``, in
@@ -132,6 +136,7 @@ class Node:
         self._peer_promoting = False
         self._resync_task: asyncio.Task[None] | None = None
         self._fence_task: asyncio.Task[int] | None = None
+        self._peer_outdated_itself = False  # the peer's last word was a graceful disconnect with its disk Outdated
         self.boot = os.urandom(4).hex()  # write ids of this run never collide with an earlier one's
         self._wseq = 0
         self.data_path = Path(cfg.get("data_file") or self.meta_path.with_name("data.json"))
@@ -382,17 +387,30 @@ class Node:
         self.conn = "Connecting"
         self.publish()
 
-    async def disconnect(self) -> None:
+    async def disconnect(self, graceful: bool = True) -> None:
+        """``drbdadm disconnect``; ``graceful=False`` (test API) drops the connection the way a crash or a
+        cut cable looks to the peer: no goodbye, so no outdating either."""
         if self.conn in ("StandAlone", "Disconnecting"):
             return
         link = self.link
+        # DRBD's conn_try_disconnect with fencing on: between a Primary and a Secondary, the
+        # Secondary's disk is marked Outdated as part of the disconnect (the Primary refuses a plain
+        # one, SS_CW_FAILED_BY_PEER, and the Secondary retries outdating itself; a disconnecting
+        # Primary marks its peer Outdated). So the Primary neither freezes nor runs fence-peer.
+        outdate_secondary = (graceful and self.conn == "Connected" and self.fencing_on()
+                             and {self.role, self.peer_role} == {"Primary", "Secondary"})
         self.conn = "Disconnecting"  # from now on a dropped link stays down (no re-dial)
+        if outdate_secondary and self.role == "Secondary" and self.disk in ("UpToDate", "Consistent"):
+            self.disk = self.meta.disk = "Outdated"
         self.publish()
-        if link is not None:
-            link.send({"t": "bye"})
+        if link is not None and graceful:
+            link.send({"t": "bye", "outdated": outdate_secondary})
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(link.writer.drain(), 1.0)
         self._drop_link("administrative disconnect", final="StandAlone")
+        if outdate_secondary and self.role == "Primary":
+            self.peer_disk, self.meta.peer_outdated = "Outdated", True
+            self.publish()
 
     async def resume_io(self) -> None:
         self.susp.discard("fencing")
@@ -613,6 +631,12 @@ class Node:
             if t == "ping":
                 continue
             if t == "bye":
+                if msg.get("outdated"):
+                    if self.role == "Primary":
+                        self._peer_outdated_itself = True
+                    elif self.disk in ("UpToDate", "Consistent"):
+                        self.disk = self.meta.disk = "Outdated"
+                        self.publish()
                 return
             if t == "state":
                 self.peer_role, self.peer_disk = msg["role"], msg["disk"]
@@ -672,12 +696,15 @@ class Node:
         if was_connected:
             log(f"connection lost: {reason}")
         self.peer_role, self.peer_disk, self.repl = "Unknown", "DUnknown", "Off"
+        peer_outdated, self._peer_outdated_itself = self._peer_outdated_itself, False
         if was_connected and self.role == "Primary":
             if self.cfg["version"] == "8.4":
                 self.meta.rotate(self.rng, True)
             else:
                 self.new_uuid_pending = True
-            if self.fencing_on() and self.disk == "UpToDate":
+            if peer_outdated:
+                self.peer_disk, self.meta.peer_outdated = "Outdated", True
+            elif self.fencing_on() and self.disk == "UpToDate":
                 if self.conf["fencing"] == "resource-and-stonith":
                     self.susp.add("fencing")
                 self._fence_task = asyncio.get_running_loop().create_task(self.fence_peer())

@@ -90,7 +90,7 @@ class NodeLab:
                  overrides: dict[str, dict[str, Any]] | None = None, node_overrides: dict[int, dict[str, dict[str, Any]]] | None = None,
                  daemons: bool = True, bmc_modes: dict[int, str] | None = None, bmc_dies_with_node: tuple[int, ...] = (),
                  managed: tuple[str, ...] = ("plc1", "plc2"), unmanaged: tuple[str, ...] = ("tools",),
-                 heartbeat_lan: bool = False, journal: bool = True, cluster: str = "labcluster") -> None:
+                 heartbeat_lan: bool = False, journal: bool = True, cluster: str = "labcluster", maintenance: bool = False) -> None:
         self.logs_dir = logs_dir
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{STALE_PREFIX}{os.getpid()}-"))
         self.transitions = self.workdir / "transitions"
@@ -102,6 +102,7 @@ class NodeLab:
         self.bmc_dies_with_node = bmc_dies_with_node
         self.managed, self.unmanaged = managed, unmanaged
         self.heartbeat_lan, self.journal, self.cluster = heartbeat_lan, journal, cluster
+        self.maintenance = maintenance  # the daemons start in maintenance mode: they observe, never act (tests of the lab itself)
         self.power_rec = transitions.Recorder(self.transitions / "harness.jsonl", "power")
         self.mount_rec = transitions.Recorder(self.transitions / "harness.jsonl", "mount")
         self.proc_rec = transitions.Recorder(self.transitions / "harness.jsonl", "proc")
@@ -149,8 +150,9 @@ class NodeLab:
         pw.write_text(BMC_PASSWORD + "\n")
         pw.chmod(0o600)
         self.controller = power.PowerController(w / "power.sock", self._power_request)
-        handlers = {i: {"handlers": {verb: f"{shlex.quote(sys.executable)} -m clever_cluster.daemon.cli --config "
-                                           f"{shlex.quote(str(w / f'node{i}' / 'config.toml'))} {verb}"
+        # The installed `clevervm` entry point: DRBD's S9 check accepts only "[path/]clevervm [--config F] VERB".
+        clevervm = shlex.quote(str(Path(sys.executable).with_name("clevervm")))
+        handlers = {i: {"handlers": {verb: f"{clevervm} --config {shlex.quote(str(w / f'node{i}' / 'config.toml'))} {verb}"
                                      for verb in ("fence-peer", "unfence-peer")}} for i in (1, 2)}
         self.drbd = DrbdPair(w / "drbd", self.drbd_version, topo=self.topo, loop=True, conf=self.drbd_conf, node_conf=handlers,
                              transitions=self.transitions)
@@ -178,6 +180,8 @@ class NodeLab:
             nodeconfig.write(self.node(i).config, me, peer, cluster=self.cluster, key_file=key, bmc_password_file=pw,
                              gateway=self.topo.gw_addr, drbd_version=self.drbd_version, heartbeat_lan=self.heartbeat_lan,
                              journal=self.journal, overrides=ov)
+            if self.maintenance:
+                nodeconfig.write_maintenance_intent(me)
         for i in (1, 2):
             self.bmc_start(i)
 

@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,8 +69,9 @@ def without_loop_mounts(argv: list[str]) -> list[str]:
 
 
 HOLDER_SCRIPT = """set -e
-FS="$1"; JSOCK="$2"; READY="$3"
+FS="$1"; JSOCK="$2"; READY="$3"; BOOT_ID="$4"
 """ + DROP_LOOP_MOUNTS + """
+mount --bind "$BOOT_ID" /proc/sys/kernel/random/boot_id
 mount --bind "$FS" "$FS"
 mount --make-shared "$FS"
 if [ -d /run/mount ]; then mount -t tmpfs -o mode=0755 cc-node /run/mount; fi
@@ -130,6 +132,7 @@ class LabNode:
         self.daemon_env: dict[str, str] = {}  # added to the daemon's environment at each start (e.g. to run another build)
         self.power_file = self.dir / "power"
         self.power_file.write_text("off\n")
+        self.boot_id_file = self.dir / "boot_id"
 
     # ------------------------------------------------------------------ small helpers
 
@@ -333,8 +336,11 @@ class LabNode:
         self.parts.mountpoint.mkdir(exist_ok=True)
         jsock = str(self.journal.path) if self.journal is not None else ""
         ready = self.dir / "holder.ready"
-        self.holder = self._spawn(["ip", "netns", "exec", self.ns, "sh", "-c", HOLDER_SCRIPT, "holder", str(fs), jsock, str(ready)],
-                                  "holder", "holder.log", ready, 10)
+        # Every boot of a lab node is a new boot of its "kernel": a fresh boot id, seen at
+        # /proc/sys/kernel/random/boot_id inside the node (as systemd-nspawn does for containers).
+        self.boot_id_file.write_text(str(uuid.uuid4()) + "\n")
+        self.holder = self._spawn(["ip", "netns", "exec", self.ns, "sh", "-c", HOLDER_SCRIPT, "holder", str(fs), jsock, str(ready),
+                                   str(self.boot_id_file)], "holder", "holder.log", ready, 10)
         self.mounts = MountWatch(self.lab.watcher, self.lab.mount_rec, self.name, self.holder.pid, self.lab.loop_devs())
 
     def _start_libvirt(self) -> None:

@@ -26,6 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from clever_cluster.daemon.config import ClusterConfig
+from clever_cluster.daemon.heartbeat.codec import to_wire
+from clever_cluster.daemon.heartbeat.intent import INTENT_FILE
+from clever_cluster.daemon.heartbeat.model import AdminIntent
+from clever_cluster.daemon.persist import atomic_write_json
 from clever_cluster.sim import configgen
 
 FLOATING_IP = "192.168.100.50/24"
@@ -100,3 +104,11 @@ def write(path: Path, me: NodeParts, peer: NodeParts, **kw: Any) -> Path:
     path.write_text(configgen.render(table(me, peer, **kw)))
     (me.dir / "machine-id").write_text(me.machine_id + "\n")
     return path
+
+
+def write_maintenance_intent(me: NodeParts) -> None:
+    """An admin intent with maintenance on, in the node's state directory before its daemon first starts
+    (as `clevervm maintenance on` would leave it): the daemon observes and never acts."""
+    rec = AdminIntent(version=1, origin=me.name, maintenance=True)
+    me.state_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(me.state_dir / INTENT_FILE, {"format": 1, "intent": to_wire(rec), "summary": rec.describe()})

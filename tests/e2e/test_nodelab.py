@@ -47,12 +47,13 @@ def of(recs: list[tr.Record], node: str, kind: str, value: object = None) -> lis
 
 @pytest.mark.parametrize("drbd", ["9", "8.4"])
 def test_lab_comes_up_with_each_node_in_its_own_namespaces(make_nodelab: Callable[..., NodeLab], drbd: str) -> None:
-    lab = make_nodelab(drbd_version=drbd)
+    lab = make_nodelab(drbd_version=drbd, maintenance=True)  # the daemons observe only: both stay Secondary
     lab.wait_connected()
     for n in lab.nodes:
         assert n.daemon is not None and n.holder is not None
         st = n.status()
-        assert (st["node"], st["peer"], st["pid"]) == (n.name, f"node{3 - n.index}", n.daemon.pid)
+        assert (st["node"], st["peer"], st["daemon"]["pid"]) == (n.name, f"node{3 - n.index}", n.daemon.pid)
+        assert st["intent"]["maintenance"] is True
         # The daemon runs in the node's network namespace and in the node's (not the host's) mount namespace.
         assert ns_inode(n.daemon.pid, "net") == os.stat(f"/run/netns/{n.ns}").st_ino
         assert ns_inode(n.daemon.pid, "mnt") == ns_inode(n.holder.pid, "mnt") != ns_inode(os.getpid(), "mnt")
@@ -78,8 +79,8 @@ def test_lab_comes_up_with_each_node_in_its_own_namespaces(make_nodelab: Callabl
     assert lab.ipmi(1, 2, "chassis", "power", "status").stdout.strip() == "Chassis Power is on"
 
 
-def test_a_handover_through_the_real_parts_is_logged_and_clean(nodelab: NodeLab) -> None:
-    lab = nodelab
+def test_a_handover_through_the_real_parts_is_logged_and_clean(make_nodelab: Callable[..., NodeLab]) -> None:
+    lab = make_nodelab(maintenance=True)  # resources driven by hand here: the daemons only observe
     lab.wait_connected()
     n1, n2 = lab.node(1), lab.node(2)
     start = lab.mark("handover test starts")
@@ -128,8 +129,8 @@ def test_a_handover_through_the_real_parts_is_logged_and_clean(nodelab: NodeLab)
     lab.check()
 
 
-def test_a_synthetic_double_primary_is_caught_with_both_intervals(nodelab: NodeLab) -> None:
-    lab = nodelab
+def test_a_synthetic_double_primary_is_caught_with_both_intervals(make_nodelab: Callable[..., NodeLab]) -> None:
+    lab = make_nodelab(maintenance=True)  # resources driven by hand here: the daemons only observe
     lab.wait_connected()
     n1, n2 = lab.node(1), lab.node(2)
     for n in (n1, n2):
@@ -146,8 +147,8 @@ def test_a_synthetic_double_primary_is_caught_with_both_intervals(nodelab: NodeL
     assert f"write {w['id']} acknowledged by node1" in msg and "is missing on node2" in msg
 
 
-def test_bmc_power_off_downs_the_links_before_the_processes_die_and_power_on_boots_the_node(nodelab: NodeLab) -> None:
-    lab = nodelab
+def test_bmc_power_off_downs_the_links_before_the_processes_die_and_power_on_boots_the_node(make_nodelab: Callable[..., NodeLab]) -> None:
+    lab = make_nodelab(maintenance=True)  # resources driven by hand here: the daemons only observe
     lab.wait_connected()
     n1, n2 = lab.node(1), lab.node(2)
     assert n1.drbdadm("primary", "r0").returncode == 0
@@ -207,8 +208,8 @@ def test_a_bmc_that_dies_with_its_node_comes_back_with_the_power(make_nodelab: C
     assert [r.get("reason") for r in of(recs, "node2", "bmc", "down")] == ["dies with its node"]
 
 
-def test_daemon_faults_and_a_clean_shutdown(nodelab: NodeLab) -> None:
-    lab = nodelab
+def test_daemon_faults_and_a_clean_shutdown(make_nodelab: Callable[..., NodeLab]) -> None:
+    lab = make_nodelab(maintenance=True)  # resources driven by hand here: the daemons only observe
     n2 = lab.node(2)
     assert n2.daemon is not None
     n2.hang_daemon()

@@ -48,6 +48,17 @@ def test_refuses_a_timeout_read_back_larger_than_configured(tmp_path: Path) -> N
     assert not g.feed_once()
 
 
+def test_a_refusal_while_resources_are_held_leaves_the_watchdog_armed(tmp_path: Path) -> None:
+    """A daemon restarted while this node holds resources must not remove the backstop the previous
+    daemon armed: the refusal closes the device without the magic character."""
+    dev = FileWatchdog(tmp_path / "wd", round_timeout=4)
+    g = SelfFenceGuard(dev, 60, lambda: True)
+    with pytest.raises(WatchdogRefused):
+        g.arm(disarm_on_refusal=False)
+    assert dev.lines()[-1] == "close" and "magic" not in dev.lines()
+    assert not g.armed
+
+
 def test_refuses_a_driver_without_magic_close_unless_nowayout(tmp_path: Path) -> None:
     opts = WDIOF_SETTIMEOUT | WDIOF_KEEPALIVEPING
     with pytest.raises(WatchdogRefused, match="nowayout"):

@@ -126,10 +126,10 @@ def test_a_key_rotation_keeps_the_link_up(dpair: DaemonPair, tmp_path: Path) -> 
     new = configgen.write_key(tmp_path / "new.key")
 
     def step(node: int, key: Path, nxt: Path | None) -> None:
-        reloads = dpair.status(node)["reloads"]["ok"]  # type: ignore[index]
+        reloads = dpair.status(node)["daemon"]["reloads"]["ok"]  # type: ignore[index]
         _edit_key_lines(dpair.config[node], key, nxt)
         dpair.daemons[node].signal(signal.SIGHUP)
-        wait_for(lambda: dpair.status(node)["reloads"]["ok"] > reloads, 5, f"node{node} to reload")  # type: ignore[index]
+        wait_for(lambda: dpair.status(node)["daemon"]["reloads"]["ok"] > reloads, 5, f"node{node} to reload")  # type: ignore[index]
 
     def peer_uses(node: int, key_name: str) -> bool:
         hb = dpair.hb(node)
