@@ -1,15 +1,18 @@
 """The operator actions the console offers, and what each confirmation says will happen.
 
-Each action is one control command of the daemon (the same one ``clevervm``
-uses). Before asking for confirmation the console asks the daemon what the
-command would do, with the read-only control command ``preview`` (``{"command":
-..., "args": ...}`` → ``{"next": sentence, "problems": [...], "allowed": bool}``).
-A daemon without ``preview`` gets the fixed sentence written here instead.
+Each action is one control command of the daemon (``daemon/commands.py``),
+sent with the same arguments ``clevervm`` sends for the same verb, so the
+daemon applies the same checks (the migrate pre-flight, node names) and
+answers with the same ``next`` sentence or the same refusal.
 
-Invariant: a preview can never carry out the action. It is a different
-control command, so a daemon that does not know it refuses it
-(``unknown_command``); the action's own command is never sent with a
-"dry run" flag that an older daemon might ignore.
+The confirmation is written here, from what the console's latest status
+says (which node is active): the daemon has no side-effect-free "what
+would this do" command, and the console never sends an action's command
+before the operator confirmed it. What the daemon then answers, its
+``next`` sentence or its refusal, is what the page shows.
+
+Invariant: nothing in this module but :func:`run` sends a command that
+changes anything, and :func:`run` is called only by a confirmed action.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from ..control import CommandFailed, DaemonUnreachable
 from .daemonlink import DaemonLink
 
 NodeChoice = Literal["none", "any", "local"]
@@ -44,12 +46,15 @@ ACTIONS: tuple[Action, ...] = (
     # `migrate` bans the node whose daemon receives it (as `clevervm migrate` on that node): this console's node.
     Action("migrate", "Migrate", "migrate", "local",
            "{node} is banned, so the resources move to {other} by handover: the VMs are saved on {node} and restored on "
-           "{other}, once the pre-flight passes ({other} online, UpToDate, eligible; save space). The ban stays until Unmigrate.",
+           "{other}. The daemon first runs the pre-flight ({other} heard, UpToDate, eligible; save space) and refuses, "
+           "changing nothing, if it fails. The ban stays until Unmigrate.",
+           (("lifetime", None), ("force", False)),  # as clevervm migrate sends it; --force stays on the command line
            sentence_passive="{node} is banned; it does not hold the resources, so nothing moves. The ban stays until Unmigrate."),
     Action("unmigrate", "Unmigrate", "unmigrate", "none",
            "Every ban is lifted. Nothing moves now: stickiness keeps the resources where they are."),
     Action("standby", "Standby", "standby", "any",
-           "{node} goes into standby and may not hold the resources; if it holds them now they move to {other} by handover."),
+           "{node} goes into standby and may not hold the resources: they move to {other} by handover (if {other} can take them).",
+           sentence_passive="{node} goes into standby: it will not take the resources. Nothing moves now."),
     Action("unstandby", "Unstandby", "unstandby", "any",
            "{node} leaves standby and may hold the resources again. Nothing moves now (stickiness)."),
     Action("maintenance_on", "Maintenance on", "maintenance", "none",
@@ -98,32 +103,14 @@ def fixed_sentence(action: Action, node: str | None, nodes: list[str], active: s
     return text.format(node=node or "", other=other)
 
 
-async def preview(link: DaemonLink, action: Action, node: str | None, nodes: list[str], active: str | None) -> dict[str, Any]:
-    """What will happen next: the daemon's own answer where it offers one, else the fixed sentence."""
-    fixed = fixed_sentence(action, node, nodes, active)
-    try:
-        got = await link.call("preview", command=action.command, args=action.args(node))
-    except CommandFailed as e:
-        if e.code == "unknown_command":
-            return {"sentence": fixed, "source": "fixed", "problems": [], "allowed": True}
-        return {"sentence": fixed, "source": "fixed", "problems": [f"the daemon's preview failed: {e}"], "allowed": True}
-    except DaemonUnreachable as e:
-        return {"sentence": fixed, "source": "fixed", "problems": [str(e)], "allowed": False}
-    sentence = got.get("next") if isinstance(got, dict) else None
-    if not isinstance(sentence, str) or not sentence:
-        return {"sentence": fixed, "source": "fixed", "problems": [], "allowed": True}
-    problems = [str(p) for p in got.get("problems", []) if isinstance(p, str | int | float)] if isinstance(got.get("problems"), list) else []
-    allowed = got.get("allowed")
-    return {"sentence": sentence, "source": "daemon", "problems": problems, "allowed": allowed if isinstance(allowed, bool) else not problems}
+def confirmation(action: Action, node: str | None, nodes: list[str], active: str | None) -> str:
+    """What the confirmation says will happen (the daemon's own answer comes after the operator confirms)."""
+    return fixed_sentence(action, node, nodes, active)
 
 
 async def run(link: DaemonLink, action: Action, node: str | None) -> str:
     """Carry out the action; the daemon's answer as a sentence. Raises CommandFailed or DaemonUnreachable."""
     got = await link.call(action.command, timeout=30.0, **action.args(node))
-    if isinstance(got, dict):
-        for key in ("next", "message", "sentence"):
-            if isinstance(got.get(key), str) and got[key]:
-                return str(got[key])
-    if isinstance(got, str) and got:
-        return got
-    return f"{action.label}: done"
+    # Every intent command answers ``next``, which clevervm prints ("done" if it is missing).
+    nxt = got.get("next") if isinstance(got, dict) else None
+    return nxt if isinstance(nxt, str) and nxt else "done"

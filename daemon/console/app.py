@@ -262,8 +262,8 @@ class ConsoleApp:
             action, node, nodes, active = self._resolve(req)
         except actions.ActionRefused as e:
             return _error(400, str(e))
-        got = await actions.preview(self.link, action, node, nodes, active)
-        return _json(200, {"action": action.name, "label": action.label, "node": node, **got})
+        return _json(200, {"action": action.name, "label": action.label, "node": node,
+                           "sentence": actions.confirmation(action, node, nodes, active)})
 
     async def _action(self, req: Request) -> Response:
         s, refused = self._authorised(req)
@@ -281,9 +281,8 @@ class ConsoleApp:
         except CommandFailed as e:
             log.warning("console action %s from %s (session %s) refused by the daemon: %s", what, req.remote, s.label, e,
                         extra={"fields": {**fields, "CLEVER_CONSOLE_RESULT": f"refused:{e.code}"}})
-            message = (f"this clever-clusterd does not offer {action.command!r} (older than the console?)" if e.code == "unknown_command"
-                       else str(e))
-            return _json(409, {"ok": False, "error": message, "code": e.code, "details": e.details})
+            # The daemon's refusal as clevervm prints it: the sentence, then its details.
+            return _json(409, {"ok": False, "error": str(e), "code": e.code, "details": e.details})
         except DaemonUnreachable as e:
             log.error("console action %s from %s (session %s) failed: %s", what, req.remote, s.label, e,
                       extra={"fields": {**fields, "CLEVER_CONSOLE_RESULT": "unreachable"}})

@@ -136,9 +136,8 @@ class Feed:
             try:
                 snap["history"], snap["history_error"] = await self.link.call("history"), None
             except CommandFailed as e:
-                snap["history"] = None
-                snap["history_error"] = "this daemon does not offer a history" if e.code == "unknown_command" else str(e)
-            except DaemonUnreachable as e:
+                snap["history"], snap["history_error"] = None, str(e)
+            except DaemonUnreachable as e:  # keep the last history shown; the header says the daemon is late
                 snap["history_error"] = str(e)
         self.seq += 1
         snap["seq"], snap["fetched_at"] = self.seq, self._wall()

@@ -1,14 +1,13 @@
 """The page's view model: the daemon's status (and history) turned into what the page draws.
 
-This is the one place that knows the daemon's status schema
-(docs/status-schema.md, ``schema`` 1: ``nodes``, ``active_node``,
-``decision``, ``drbd``, ``gateway``, ``fencing``, ``intent``...). A daemon
-without that schema (main's skeleton: phase, verdict and the ``heartbeat``
-part) is read through the same functions: :func:`_node_records` and
-:func:`_intent_record` first bring both shapes to schema 1's. The browser
-script only draws what :func:`build` returns: node cards, sections of
-``[label, value, tone]`` rows, an optional progress bar, the decision list
-and the timeline bar.
+This is the one place that knows the daemon's status document
+(``daemon/status.py``, ``schema`` 1: ``nodes``, ``active_node``,
+``active_why``, ``decision``, ``drbd``, ``filesystem``, ``gateway``,
+``heartbeat``, ``fencing``, ``intent``, ``settings``...) and its ``history``
+(``daemon/history.py``: ``decisions``, ``timelines``). A document with another
+``schema`` is not guessed at: the page says so. The browser script only draws
+what :func:`build` returns: node cards, sections of ``[label, value, tone]``
+rows, an optional progress bar, the decision list and the timeline bar.
 
 Invariants:
 - :func:`build` never raises on a document it does not understand: every
@@ -28,6 +27,9 @@ VIEW_VERSION = 1
 NA = "not available"
 ACTIVE_PHASES = ("PRIMARY", "PROMOTING", "DEMOTING")
 BAD_PHASES = ("BLOCKED", "FENCING")
+SCHEMA = 1
+# fencing.monitor's redundancy grades, toned as `clevervm check` does (ok / warn / fail).
+GRADE_TONE = {"ok": "ok", "degraded": "warn", "none": "bad"}
 
 Row = list[Any]  # [label, value, tone]
 
@@ -107,56 +109,6 @@ def _section(sid: str, title: str, rows: list[Row], progress: dict[str, Any] | N
     return {"id": sid, "title": title, "available": bool(rows), "note": "" if rows else NA, "rows": rows, "progress": progress}
 
 
-# --------------------------------------------------------------------------- normalising the two shapes
-
-
-def _skeleton_node(name: str, *, local: bool, phase: str | None, hb: dict[str, Any] | None, report: dict[str, Any] | None) -> dict[str, Any]:
-    """A schema-1 node record from what a skeleton daemon says (its own phase; the peer's heartbeat report)."""
-    rec: dict[str, Any] = {"name": name, "self": local, "phase": phase}
-    if local:
-        rec.update(online=True, state="alive")
-    else:
-        rec.update(online=_str(hb, "state") == "alive", state=_str(hb, "state"), silent_for_seconds=_num(hb, "silent_for"))
-    res = _dict(report, "resources")
-    if report is not None:
-        rec.update(phase=_str(report, "phase") or phase, eligible=_bool(report, "eligible"), gateway_score=_num(report, "gateway_score"),
-                   drbd=_dict(res, "drbd") or None, mounted=_bool(res, "mounted"), ip=_bool(res, "ip"),
-                   vms={_str(v, "name"): _str(v, "state") or "unknown" for v in _list(res, "vms") if _str(v, "name")},
-                   fail_counts={_str(v, "name"): _num(v, "fail_count") for v in _list(res, "vms") if _str(v, "name") and _num(v, "fail_count")})
-        epoch = _dict(report, "epoch")
-        if epoch:
-            rec["epoch"] = f"{_get(epoch, 'counter')}@{_get(epoch, 'node')}"
-    return rec
-
-
-def _node_records(st: dict[str, Any]) -> list[dict[str, Any]]:
-    """This node first, then the peer, in schema 1's shape."""
-    recs = [n for n in _list(st, "nodes") if isinstance(n, dict) and _str(n, "name")]
-    if recs:
-        return sorted(recs, key=lambda n: not _bool(n, "self"))
-    hb = _dict(st, "heartbeat") or None
-    local = _skeleton_node(_str(st, "node") or "this node", local=True, phase=_str(st, "phase"), hb=hb, report=None)
-    peer_report = _dict(hb, "report") or None if _str(hb, "state") == "alive" else None
-    peer = _skeleton_node(_str(st, "peer") or _str(hb, "name") or "peer", local=False, phase=None, hb=hb, report=peer_report)
-    return [local, peer]
-
-
-def _intent_record(st: dict[str, Any], now: float) -> dict[str, Any] | None:
-    """Schema 1's ``intent`` (bans with ``remaining_seconds`` and ``active``), or the skeleton's heartbeat record."""
-    intent = _get(st, "intent", kind=dict)
-    if intent is not None:
-        return dict(intent)
-    rec = _get(st, "heartbeat", "intent", "record", kind=dict)
-    if rec is None:
-        return None
-    bans = []
-    for b in _list(rec, "bans"):
-        until = _num(b, "until")
-        bans.append({"node": _str(b, "node"), "until": until, "active": until is None or until > now,
-                     "remaining_seconds": None if until is None else max(0.0, until - now)})
-    return {**rec, "bans": bans, "acknowledged_by_peer": _bool(st, "heartbeat", "intent", "acknowledged")}
-
-
 # --------------------------------------------------------------------------- nodes
 
 
@@ -196,7 +148,7 @@ def _badges(name: str, intent: dict[str, Any] | None) -> list[dict[str, str]]:
 def _node_card(rec: dict[str, Any], intent: dict[str, Any] | None, not_active_because: list[str]) -> dict[str, Any]:
     name = _str(rec, "name") or "?"
     state, tone = _state_text(rec)
-    online = _bool(rec, "self") or _str(rec, "state") == "alive"
+    online = bool(_bool(rec, "self") or _bool(rec, "online"))
     phase = _str(rec, "phase") if online else None
     rows: list[Row] = []
     if online:
@@ -230,7 +182,7 @@ def _node_card(rec: dict[str, Any], intent: dict[str, Any] | None, not_active_be
 # --------------------------------------------------------------------------- sections
 
 
-def _drbd_section(st: dict[str, Any], local: dict[str, Any]) -> dict[str, Any]:
+def _drbd_section(st: dict[str, Any]) -> dict[str, Any]:
     d = _get(st, "drbd", kind=dict)
     rows: list[Row] = []
     progress = None
@@ -258,11 +210,6 @@ def _drbd_section(st: dict[str, Any], local: dict[str, Any]) -> dict[str, Any]:
             rows.append(["configuration", "; ".join(str(x) for x in _list(d, "config_issues")) or "unsafe", "bad"])
         if _str(d, "error"):
             rows.append(["error", _str(d, "error"), "bad"])
-    else:
-        drbd = _dict(local, "drbd")
-        if drbd:
-            conn = _str(drbd, "connection")
-            rows.append(["connection", conn or "?", "ok" if conn == "Connected" else "bad"])
     fs = _get(st, "filesystem", kind=dict)
     if fs is not None:
         usage = _dict(fs, "usage")
@@ -316,8 +263,7 @@ def _fencing_section(st: dict[str, Any]) -> dict[str, Any]:
         if can is not None:
             rows.append(["ready", "yes: the peer can be fenced now" if can else "no: the peer cannot be fenced now", "ok" if can else "bad"])
         if _str(red, "text"):
-            grade = _str(red, "grade") or ""
-            rows.append(["redundancy", _str(red, "text"), "ok" if grade in ("full", "redundant", "ok") else "warn"])
+            rows.append(["redundancy", _str(red, "text"), GRADE_TONE.get(_str(red, "grade") or "", "warn")])
         for dev in _list(f, "devices"):
             ok = _bool(dev, "ok")
             text = _str(dev, "message") or ("ok" if ok else "not checked yet")
@@ -353,7 +299,7 @@ def _intent_section(st: dict[str, Any], intent: dict[str, Any] | None) -> dict[s
         ack = _bool(intent, "acknowledged_by_peer")
         rows.append(["replicated", f"version {_get(intent, 'version')}: " + ("acknowledged by the peer" if ack else "not yet acknowledged by the peer"),
                      "ok" if ack else "warn"])
-    settings = _dict(st, "settings") or _dict(st, "heartbeat", "settings")
+    settings = _dict(st, "settings")
     if _bool(settings, "mismatch"):
         rows.append(["settings", f"DIFFER between the nodes ({_str(settings, 'this_node')} here, {_str(settings, 'peer')} on the peer)", "bad"])
     return _section("intent", "Operator intent", rows)
@@ -381,7 +327,7 @@ def _decisions(history: Any, history_error: str | None) -> dict[str, Any]:
         code = _str(d, "code")
         text = _str(d, "sentence") or ""
         if code or text:
-            rows.append({"at": _clock(_num(d, "wall") or _num(d, "at")), "code": code or "?", "text": text})
+            rows.append({"at": _clock(_num(d, "wall")), "code": code or "?", "text": text})
     rows.reverse()  # newest first
     return {"available": bool(rows), "note": "" if rows else (history_error or NA), "rows": rows}
 
@@ -395,7 +341,7 @@ def _timeline(history: Any) -> dict[str, Any]:
     for p in _list(t, "phases"):
         secs = _num(p, "seconds")
         if secs is not None and secs >= 0:
-            name = _str(p, "name") or (f"{_str(p, 'from') or '?'} → {_str(p, 'to') or '?'}" if _str(p, "to") else "?")
+            name = f"{_str(p, 'from') or '?'} → {_str(p, 'to') or '?'}"
             named.append((name, secs))
     total = _num(t, "total_seconds") or sum(secs for _n, secs in named)
     phases = [{"name": n, "seconds": secs, "text": _seconds(secs), "fraction": secs / total if total else 0.0} for n, secs in named]
@@ -416,21 +362,23 @@ def build(snapshot: dict[str, Any], now: float | None = None) -> dict[str, Any]:
     fetched = _num(snapshot, "fetched_at")
     daemon = {"ok": st is not None, "message": "" if st is not None else f"daemon not answering: {_str(snapshot, 'error') or 'unknown error'}",
               "fetched_at": fetched, "fetched": _clock(fetched)}
+    schema = _get(st, "schema")
+    if st is not None and schema != SCHEMA:
+        daemon = {**daemon, "ok": False, "message": f"the daemon's status document has schema {schema!r}; this console reads schema {SCHEMA}"}
+        st = None
     if st is None:
         return {"view": VIEW_VERSION, "daemon": daemon, "cluster": "", "local": "",
                 "summary": {"active": None, "text": daemon["message"], "detail": "", "code": None, "tone": "bad"},
                 "nodes": [], "sections": [], "decisions": {"available": False, "note": NA, "rows": []},
                 "timeline": {"available": False, "note": NA, "title": "", "phases": []}}
-    intent = _intent_record(st, now)
-    records = _node_records(st)
+    intent = _get(st, "intent", kind=dict)
+    # This node first, then the peer.
+    records = sorted((n for n in _list(st, "nodes") if isinstance(n, dict) and _str(n, "name")), key=lambda n: not _bool(n, "self"))
     not_active = [str(x) for x in _list(st, "not_active_because")]
     nodes = [_node_card(r, intent, not_active) for r in records]
-    if "active_node" in st:
-        active = _str(st, "active_node")
-        for n in nodes:
-            n["active"] = n["name"] == active
-    else:
-        active = next((n["name"] for n in nodes if n["active"]), None)
+    active = _str(st, "active_node")
+    for n in nodes:
+        n["active"] = n["name"] == active
     why = _str(st, "active_why")
     phase = _str(st, "phase")
     code = _str(st, "decision", "code")
@@ -438,11 +386,11 @@ def build(snapshot: dict[str, Any], now: float | None = None) -> dict[str, Any]:
     text = (f"{active} is active" if active else "no node is active") + (f": {why}" if why else f": {sentence}" if sentence else "")
     blocked = _str(st, "block", "detail")
     tone = "bad" if phase in BAD_PHASES or blocked else "ok" if active else "warn"
-    return {"view": VIEW_VERSION, "daemon": daemon, "cluster": _str(st, "cluster") or "", "local": nodes[0]["name"],
+    return {"view": VIEW_VERSION, "daemon": daemon, "cluster": _str(st, "cluster") or "", "local": nodes[0]["name"] if nodes else "",
             "summary": {"active": active, "text": text, "detail": sentence if why else "", "code": code, "tone": tone,
                         "blocked": blocked or ""},
             "nodes": nodes,
-            "sections": [_drbd_section(st, records[0]), _gateway_section(st, records), _links_section(st), _fencing_section(st),
-                         _intent_section(st, intent), _failcount_section(records)],
+            "sections": [_drbd_section(st), _gateway_section(st, records), _links_section(st),
+                         _fencing_section(st), _intent_section(st, intent), _failcount_section(records)],
             "decisions": _decisions(_get(snapshot, "history"), _str(snapshot, "history_error")),
             "timeline": _timeline(_get(snapshot, "history"))}

@@ -9,6 +9,7 @@ daemons live in test_process.py and test_browser.py.
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Mapping
@@ -25,20 +26,20 @@ from clever_cluster.daemon.console.http import HttpServer
 from clever_cluster.daemon.control import Caller, ControlError, ControlServer
 
 PASSWORD = "correct horse battery staple"
-# A status document in the shape of the daemon's (skeleton fields plus the heartbeat part).
-STATUS: dict[str, Any] = {
-    "node": "node1", "peer": "node2", "cluster": "testcluster", "phase": "PRIMARY", "verdict": "node1: active, all running",
-    "pid": 1, "version": "0.1.0", "uptime_seconds": 12.0, "loop_lag_seconds": 0.001, "loop_stalls": 0,
-    "heartbeat": {
-        "name": "node2", "state": "alive", "silent_for": 0.05,
-        "links": [{"name": "hb0", "bound": True, "up": True, "loss_in": 0.0, "loss_out": 0.01, "rtt_smoothed_ms": 0.4},
-                  {"name": "hb1", "bound": True, "up": False, "loss_in": 1.0, "loss_out": 1.0, "rtt_smoothed_ms": None}],
-        "intent": {"record": {"version": 3, "origin": "node1", "target_role": "started", "bans": [], "standby": [], "maintenance": False},
-                   "summary": "target started", "acknowledged": True},
-        "report": {"phase": "SECONDARY", "gateway_score": 2, "eligible": True,
-                   "resources": {"drbd": {"role": "Secondary", "disk": "UpToDate"}, "mounted": False, "ip": False, "vms": []}},
-    },
-}
+DATA = Path(__file__).parent / "data"
+# What node1's daemon answered on the two-node lab (sim/nodelab) to `status` and `history`
+# (node1 active, node2 standby; the lab's temporary paths replaced by /var/lib/lab).
+STATUS: dict[str, Any] = json.loads((DATA / "status-node1.json").read_text())
+HISTORY: dict[str, Any] = json.loads((DATA / "history-node1.json").read_text())
+
+
+def make_active(status: dict[str, Any], node: str | None) -> None:
+    """Change ``status`` as the daemon's would read once ``node`` (or no node) holds the resources."""
+    status["active_node"] = node
+    status["active_why"] = "this node holds DRBD Primary" if node == status["node"] else f"{node} reports phase PRIMARY holding resources"
+    for rec in status["nodes"]:
+        rec["phase"] = "PRIMARY" if rec["name"] == node else "SECONDARY"
+    status["phase"] = "PRIMARY" if node == status["node"] else "SECONDARY"
 
 
 class FakeDaemon:
@@ -47,17 +48,15 @@ class FakeDaemon:
     def __init__(self, directory: Path) -> None:
         self.path = directory / "control.sock"
         self.status = copy.deepcopy(STATUS)
+        self.history = copy.deepcopy(HISTORY)
         self.calls: list[tuple[str, dict[str, Any]]] = []
-        self.preview_answer: dict[str, Any] | None = None  # None: the daemon has no preview command
         self.refuse: dict[str, ControlError] = {}
         self.server: ControlServer | None = None
 
     def handlers(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"status": self._status}
+        out: dict[str, Any] = {"status": self._status, "history": self._history}
         for cmd in ("migrate", "unmigrate", "standby", "unstandby", "maintenance", "cleanup", "forcestart", "forcestop"):
             out[cmd] = self._make(cmd)
-        if self.preview_answer is not None:
-            out["preview"] = self._make("preview")
         return out
 
     async def start(self) -> None:
@@ -73,13 +72,15 @@ class FakeDaemon:
         self.calls.append(("status", dict(args)))
         return self.status
 
+    async def _history(self, args: Mapping[str, Any], caller: Caller) -> Any:
+        self.calls.append(("history", dict(args)))
+        return self.history
+
     def _make(self, cmd: str) -> Any:
         async def handler(args: Mapping[str, Any], caller: Caller) -> Any:
             self.calls.append((cmd, dict(args)))
             if cmd in self.refuse:
                 raise self.refuse[cmd]
-            if cmd == "preview":
-                return self.preview_answer
             return {"next": f"{cmd} accepted"}
         return handler
 

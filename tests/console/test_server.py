@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import ssl
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from clever_cluster.daemon.console import actions
 from clever_cluster.daemon.console.app import STATIC
 from clever_cluster.daemon.control import ControlError
 
-from .conftest import PASSWORD, Console, FakeDaemon, login
+from .conftest import PASSWORD, STATUS, Console, FakeDaemon, login, make_active
 
 STATIC_DIR = Path(__file__).resolve().parents[2] / "daemon" / "console" / "static"
 
@@ -71,9 +72,9 @@ async def test_view_and_status_follow_the_daemon(console: Console, daemon: FakeD
         assert v["daemon"]["ok"] and v["summary"]["active"] == "node1"
         assert [n["name"] for n in v["nodes"]] == ["node1", "node2"]
         raw = (await c.get("/api/status")).json()
-        assert raw["status"]["verdict"] == "node1: active, all running" and raw["error"] is None
+        assert raw["status"]["verdict"] == STATUS["verdict"] and raw["error"] is None
         # The daemon changes its mind: the live stream brings it without asking again.
-        daemon.status["phase"], daemon.status["heartbeat"]["report"]["phase"] = "SECONDARY", "PRIMARY"
+        make_active(daemon.status, "node2")
         v = await first_event(c, lambda v: v["summary"]["active"] == "node2")
         assert {n["name"]: n["active"] for n in v["nodes"]} == {"node1": False, "node2": True}
 
@@ -209,7 +210,7 @@ async def test_every_action_sends_its_control_command(console: Console, daemon: 
             node = "node2" if a.node == "any" else None
             r = await c.post("/api/action", json={"action": a.name, "node": node}, headers=h)
             assert r.status_code == 200 and r.json() == {"ok": True, "message": f"{a.command} accepted"}
-            cmd, args = [x for x in daemon.calls if x[0] != "status"][-1]
+            cmd, args = [x for x in daemon.calls if x[0] not in ("status", "history")][-1]
             assert cmd == a.command
             assert args == {**dict(a.extra), **({"node": "node2"} if a.node == "any" else {})}  # migrate bans the daemon's own node
     done = [rec for rec in caplog.records if getattr(rec, "fields", {}).get("CLEVER_CONSOLE_RESULT") == "ok"]
@@ -224,53 +225,70 @@ async def test_bad_action_requests_never_reach_the_daemon(console: Console, daem
         assert (await c.post("/api/action", json={"action": "standby", "node": "node9"}, headers=h)).status_code == 400
         r = await c.post("/api/action", json={"action": "migrate", "node": "node2"}, headers=h)  # migrate bans the console's own node
         assert r.status_code == 400 and "the node this console runs on (node1)" in r.json()["error"]
-    assert set(daemon.commands()) == {"status"}
+    assert set(daemon.commands()) == {"status", "history"}
 
 
-async def test_the_daemons_refusal_is_shown_and_logged(console: Console, daemon: FakeDaemon, caplog: pytest.LogCaptureFixture) -> None:
+# The clevervm command line of each console action (acting on node2 where the action takes a node).
+CLI = {"migrate": ["migrate"], "unmigrate": ["unmigrate"], "standby": ["standby", "node2"], "unstandby": ["unstandby", "node2"],
+       "maintenance_on": ["maintenance", "on"], "maintenance_off": ["maintenance", "off"], "cleanup": ["cleanup"],
+       "forcestart": ["forcestart"], "forcestop": ["forcestop"]}
+
+
+async def clevervm(daemon: FakeDaemon, *argv: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import sys; from clever_cluster.daemon.cli import main; sys.exit(main())", "--socket", str(daemon.path),
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_each_action_is_the_command_clevervm_sends(console: Console, daemon: FakeDaemon) -> None:
+    """The console and clevervm send the daemon the same command with the same arguments, and show the same answer."""
+    assert set(CLI) == set(actions.BY_NAME)
+    async with console.client() as c:
+        h = {"x-csrf-token": await login(c)}
+        for a in actions.ACTIONS:
+            code, out, err = await clevervm(daemon, *CLI[a.name])
+            assert code == 0, err
+            by_cli = [x for x in daemon.calls if x[0] not in ("status", "history")][-1]
+            r = await c.post("/api/action", json={"action": a.name, "node": "node2" if a.node == "any" else None}, headers=h)
+            by_console = [x for x in daemon.calls if x[0] not in ("status", "history")][-1]
+            assert by_console == by_cli, a.name
+            assert r.json()["message"] == out.strip()
+
+
+async def test_the_daemons_refusal_is_shown_as_clevervm_shows_it(console: Console, daemon: FakeDaemon,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="clever_cluster")
-    daemon.refuse["migrate"] = ControlError("node2 is not online", "preflight_failed", ["node2 is not online"])
+    problems = ["node2 is lost, not heard", "save space unknown: no save_dir"]
+    daemon.refuse["migrate"] = ControlError(f"migrate refused: {'; '.join(problems)} (add --force to ban node1 anyway)",
+                                            "preflight_failed", problems)
     async with console.client() as c:
         h = {"x-csrf-token": await login(c)}
         r = await c.post("/api/action", json={"action": "migrate"}, headers=h)
-        assert r.status_code == 409 and r.json()["error"] == "node2 is not online" and r.json()["code"] == "preflight_failed"
+    code, _out, err = await clevervm(daemon, "migrate")
+    assert r.status_code == 409 and r.json()["code"] == "preflight_failed" and code == 1
+    assert err.splitlines() == [f"clevervm: {r.json()['error']}", *(f"  {p}" for p in r.json()["details"])]
     refused = [rec for rec in caplog.records if getattr(rec, "fields", {}).get("CLEVER_ACTION") == "migrate"]
     assert refused and refused[0].fields["CLEVER_CONSOLE_RESULT"] == "refused:preflight_failed"  # type: ignore[attr-defined]
 
 
-async def test_preview_uses_the_fixed_sentence_when_the_daemon_has_none(console: Console, daemon: FakeDaemon) -> None:
+async def test_the_confirmation_says_what_happens_and_never_acts(console: Console, daemon: FakeDaemon) -> None:
     async with console.client() as c:
         h = {"x-csrf-token": await login(c)}
         r = (await c.post("/api/preview", json={"action": "migrate"}, headers=h)).json()
-        assert r["source"] == "fixed" and r["node"] == "node1" and r["allowed"] is True
-        assert r["sentence"].startswith("node1 is banned, so the resources move to node2 by handover")
+        assert r["node"] == "node1" and r["sentence"].startswith("node1 is banned, so the resources move to node2 by handover")
         r = (await c.post("/api/preview", json={"action": "standby", "node": "node2"}, headers=h)).json()
-        assert r["sentence"].startswith("node2 goes into standby")
-        daemon.status["phase"], daemon.status["heartbeat"]["report"]["phase"] = "SECONDARY", "PRIMARY"
+        assert r["sentence"] == "node2 goes into standby: it will not take the resources. Nothing moves now."
+        make_active(daemon.status, "node2")
         await console.feed.wait_newer(console.feed.seq, 5)
         await console.feed.wait_newer(console.feed.seq, 5)
         r = (await c.post("/api/preview", json={"action": "migrate"}, headers=h)).json()
         assert r["sentence"].startswith("node1 is banned; it does not hold the resources, so nothing moves")
-    assert "migrate" not in daemon.commands() and "standby" not in daemon.commands()  # a preview never acts
-
-
-async def test_preview_asks_the_daemon_where_it_can(short_dir: Path, password_file: Path) -> None:
-    daemon = FakeDaemon(short_dir)
-    daemon.preview_answer = {"next": "node1 saves plc1 and hands over to node2", "problems": ["save space low"], "allowed": True}
-    await daemon.start()
-    con = Console(daemon, password_file=password_file)
-    await con.start()
-    try:
-        async with con.client() as c:
-            h = {"x-csrf-token": await login(c)}
-            r = (await c.post("/api/preview", json={"action": "migrate"}, headers=h)).json()
-            assert r["source"] == "daemon" and r["sentence"] == "node1 saves plc1 and hands over to node2"
-            assert r["problems"] == ["save space low"]
-        assert ("preview", {"command": "migrate", "args": {}}) in daemon.calls
-        assert "migrate" not in daemon.commands()
-    finally:
-        await con.stop()
-        await daemon.stop()
+        r = (await c.post("/api/preview", json={"action": "standby", "node": "node2"}, headers=h)).json()
+        assert r["sentence"].startswith("node2 goes into standby and may not hold the resources: they move to node1")
+    assert set(daemon.commands()) == {"status", "history"}  # a confirmation never acts
 
 
 # --------------------------------------------------------------------------- limits

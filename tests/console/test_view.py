@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from clever_cluster.daemon.console import view
 
-from .conftest import STATUS
+from .conftest import HISTORY, STATUS
 
 NOW = 1_800_000_000.0
 
@@ -31,44 +31,60 @@ def test_daemon_down() -> None:
     assert v["nodes"] == [] and v["summary"]["active"] is None and v["summary"]["tone"] == "bad"
 
 
-def test_skeleton_status_both_nodes_and_missing_sections_said_so() -> None:
-    """The status of main's daemon today: node, phase, verdict and the heartbeat part only."""
-    st = {"node": "node1", "peer": "node2", "cluster": "c", "phase": "STARTING", "verdict": "node1: starting, waiting to hear node2",
-          "heartbeat": {"name": "node2", "state": "unseen", "links": [], "intent": {"record": {"version": 0}}}}
-    v = view.build(snap(st), NOW)
-    assert [(n["name"], n["phase"]) for n in v["nodes"]] == [("node1", "STARTING"), ("node2", "?")]
-    assert v["nodes"][1]["state"] == "not heard yet"
-    assert v["summary"]["active"] is None and v["summary"]["text"].startswith("no node is active: node1: starting")
-    for sid in ("drbd", "gateway", "fencing"):
-        assert section(v, sid) == {"id": sid, "title": section(v, sid)["title"], "available": False, "note": "not available",
-                                   "rows": [], "progress": None}
-    assert v["decisions"]["note"] == "not available" and not v["timeline"]["available"]
-
-
-def test_active_node_links_intent_and_peer_resources() -> None:
-    st = copy.deepcopy(STATUS)
-    st["heartbeat"]["intent"]["record"]["bans"] = [{"node": "node2", "until": NOW + 90}, {"node": "node1", "until": NOW - 5}]
-    st["heartbeat"]["intent"]["record"]["standby"] = ["node2"]
-    v = view.build(snap(st), NOW)
-    assert v["summary"] == {"active": "node1", "text": "node1 is active: node1: active, all running", "code": None, "tone": "ok",
-                            "detail": "", "blocked": ""}
+def test_the_lab_daemons_document() -> None:
+    """What node1's daemon answered on the two-node lab: every part the page draws is read, none is "not available"."""
+    v = view.build(snap(STATUS, history=HISTORY), NOW)
+    assert v["daemon"]["ok"] and v["cluster"] == "labcluster" and v["local"] == "node1"
+    assert v["summary"]["active"] == "node1" and v["summary"]["code"] == "no_action_primary" and v["summary"]["tone"] == "ok"
+    assert v["summary"]["text"].startswith("node1 is active: this node holds DRBD Primary, the filesystem, the floating IP, VM plc1")
     n1, n2 = v["nodes"]
-    assert n1["active"] is True and n2["active"] is False and n2["state"] == "online" and n2["phase"] == "SECONDARY"
-    assert ["DRBD", "Secondary / UpToDate", "ok"] in n2["rows"] and ["gateway score", "2", "ok"] in n2["rows"]
-    assert [b["text"] for b in n2["badges"]] == ["banned for 90.0 s", "standby"]
-    assert n1["badges"] == []  # node1's ban has expired
-    links = section(v, "links")["rows"]
-    assert links[0] == ["hb0", "up, loss in 0.0% out 1.0%, rtt 0.40 ms", "ok"] and links[1][2] == "bad"
-    intent = dict((r[0], r[1]) for r in section(v, "intent")["rows"])
-    assert intent["bans"] == "node2 (90.0 s left)" and intent["standby"] == "node2"
+    assert (n1["name"], n1["phase"], n1["active"], n1["state"]) == ("node1", "PRIMARY", True, "online (this console's node)")
+    assert (n2["name"], n2["phase"], n2["active"], n2["state"]) == ("node2", "SECONDARY", False, "online")
+    assert ["DRBD", "Primary / UpToDate", "ok"] in n1["rows"] and ["VM plc1", "running", "ok"] in n1["rows"]
+    assert ["DRBD", "Secondary / UpToDate", "ok"] in n2["rows"] and ["VM plc2", "shutoff", "muted"] in n2["rows"]
+    assert ["floating IP", "no", "muted"] in n2["rows"] and ["gateway score", "1", "ok"] in n2["rows"]
+    for s in v["sections"]:
+        assert s["available"], s["id"]
+    drbd = {r[0]: r[1:] for r in section(v, "drbd")["rows"]}
+    assert drbd["connection"] == ["Connected", "ok"] and drbd["disks"] == ["UpToDate / UpToDate", "ok"]
+    assert drbd["filesystem"][0].startswith("/var/lib/lab/node1/fs/mnt: mounted, 15.0 KiB of 25.2 MiB used")
+    assert [r[0] for r in section(v, "links")["rows"]] == ["hb0", "hb1"] and section(v, "links")["rows"][0][1].startswith("up, loss in 0.0%")
+    assert section(v, "gateway")["rows"][0] == ["node1", "score 1 of 1", "ok"]
+    assert ["192.168.100.1", "reachable, 0.1 ms", "ok"] in section(v, "gateway")["rows"]
+    fen = {r[0]: r[1:] for r in section(v, "fencing")["rows"]}
+    assert fen["ready"][1] == "ok" and fen["redundancy"][1] == "bad"  # one BMC level: grade "none", as clevervm check fails it
+    assert fen["level 1: bmc-node2"] == ["session ok, chassis status byte0=0x01; peer power on", "ok"]
+    intent = {r[0]: r[1:] for r in section(v, "intent")["rows"]}
+    assert intent["replicated"] == ["version 0: acknowledged by the peer", "ok"] and "settings" not in intent
+    assert section(v, "failcounts")["rows"] == [["all VMs", "no failures", "ok"]]
+    assert v["decisions"]["rows"][0]["code"] == HISTORY["decisions"][-1]["code"]
+    tl = v["timeline"]
+    assert tl["title"].startswith("cold start at ") and tl["title"].endswith(": 2.4 s, active here")
+    assert [p["name"] for p in tl["phases"]] == ["acknowledged → promote_started", "promote_started → active"]
 
 
-def test_a_lost_peer_is_offline_and_its_old_report_is_not_shown() -> None:
+def test_another_schema_is_not_guessed_at() -> None:
+    v = view.build(snap({**STATUS, "schema": 2}), NOW)
+    assert not v["daemon"]["ok"] and "schema 2" in v["daemon"]["message"] and v["nodes"] == []
+    assert not view.build(snap({k: x for k, x in STATUS.items() if k != "schema"}), NOW)["daemon"]["ok"]
+
+
+def test_bans_standby_and_a_peer_that_is_not_heard() -> None:
     st = copy.deepcopy(STATUS)
-    st["heartbeat"]["state"], st["heartbeat"]["silent_for"] = "lost", 3.2
+    st["intent"]["bans"] = [{"node": "node2", "until": NOW + 90, "remaining_seconds": 90.0, "active": True},
+                            {"node": "node1", "until": NOW - 5, "remaining_seconds": 0.0, "active": False}]
+    st["intent"]["standby"] = ["node2"]
     v = view.build(snap(st), NOW)
-    n2 = v["nodes"][1]
+    n1, n2 = v["nodes"]
+    assert [b["text"] for b in n2["badges"]] == ["banned for 90.0 s", "standby"] and n1["badges"] == []  # node1's ban has expired
+    intent = {r[0]: r[1] for r in section(v, "intent")["rows"]}
+    assert intent["bans"] == "node2 (90.0 s left)" and intent["standby"] == "node2"
+    st["nodes"][1].update(online=False, state="lost", silent_for_seconds=3.2)
+    n2 = view.build(snap(st), NOW)["nodes"][1]
     assert n2["state"] == "offline (silent 3.2 s)" and n2["tone"] == "bad" and n2["rows"] == [] and n2["phase"] == "?"
+    st["nodes"][1].update(online=True, state="incompatible")  # heard, but its report cannot be read here
+    n2 = view.build(snap(st), NOW)["nodes"][1]
+    assert (n2["state"], n2["tone"]) == ("incompatible", "warn") and n2["rows"]
 
 
 def schema1(**over: Any) -> dict[str, Any]:
@@ -95,7 +111,7 @@ def schema1(**over: Any) -> dict[str, Any]:
                                                             {"target": "192.0.2.2", "reachable": False}]},
         "heartbeat": {"name": "node1", "state": "alive", "links": [{"name": "bond0", "bound": True, "up": True, "loss_in": 0.0,
                                                                     "loss_out": 0.0, "rtt_smoothed_ms": 0.2}]},
-        "fencing": {"redundancy": {"grade": "single", "can_fence_now": True, "text": "one level: a BMC that loses power with its node stops fencing"},
+        "fencing": {"redundancy": {"grade": "degraded", "can_fence_now": True, "text": "one level: a BMC that loses power with its node stops fencing"},
                     "devices": [{"level": 1, "name": "bmc-node1", "ok": True, "message": "power on, identity confirmed", "power": "on",
                                  "usable": True}],
                     "attempt": None},
@@ -166,27 +182,28 @@ def test_schema1_peer_not_heard_shows_no_stale_resources() -> None:
 
 @pytest.mark.parametrize("garbage", [
     {}, {"node": 5}, {"heartbeat": "x"}, {"heartbeat": {"links": [1, None, {"up": "yes"}]}},
-    {"drbd": [], "fencing": {"levels": "x"}, "fail_counts": [None]},
-    {"heartbeat": {"intent": {"record": {"bans": [{"until": "soon"}], "standby": [3]}}, "report": {"resources": {"vms": [{"name": 1}]}}}},
+    {"drbd": [], "fencing": {"devices": "x"}, "nodes": [None, {"name": 3}]},
+    {"intent": {"bans": [{"until": "soon", "remaining_seconds": "x"}], "standby": [3]}, "nodes": [{"name": "a", "vms": [1], "fail_counts": 2}]},
 ])
 def test_garbage_never_breaks_the_view(garbage: dict[str, Any]) -> None:
-    v = view.build(snap(garbage), NOW)
+    v = view.build(snap({"schema": 1, **garbage}), NOW)
     json.dumps(v)
-    assert len(v["nodes"]) == 2
+    assert v["daemon"]["ok"] and all(s["note"] == "not available" for s in v["sections"] if not s["rows"])
 
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(
-                               ["node", "peer", "phase", "heartbeat", "links", "report", "resources", "vms", "drbd", "intent", "record",
-                                "bans", "standby", "state", "name", "fencing", "levels", "devices", "decisions", "timelines", "phases",
-                                "seconds", "until", "fail_count", "gateway", "targets", "resync", "done"]), inner, max_size=4),
+                               ["node", "peer", "phase", "heartbeat", "links", "nodes", "self", "online", "vms", "drbd", "intent",
+                                "bans", "standby", "state", "name", "fencing", "redundancy", "devices", "decisions", "timelines", "phases",
+                                "seconds", "until", "fail_counts", "gateway", "targets", "active_node", "filesystem", "usage"]),
+                               inner, max_size=4),
                            max_leaves=25)
 
 
 @settings(max_examples=300, deadline=None)
 @given(status=json_values, history=json_values)
 def test_any_json_document_gives_a_drawable_view(status: Any, history: Any) -> None:
-    v = view.build(snap(status, history=history), NOW)
+    v = view.build(snap({"schema": 1, **status} if isinstance(status, dict) else status, history=history), NOW)
     json.dumps(v)
     for s in v["sections"]:
         assert s["available"] == bool(s["rows"]) and (s["rows"] or s["note"])

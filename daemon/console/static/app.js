@@ -120,10 +120,7 @@ async function askConfirm(action, node) {
   pending = { action: action.name, node };
   $("confirm-title").textContent = r.data.label + (node ? " " + node : "") + "?";
   $("confirm-text").textContent = r.data.sentence;
-  const probs = $("confirm-problems");
-  probs.replaceChildren(...(r.data.problems || []).map((p) => el("li", "bad", p)));
-  $("confirm-source").textContent = r.data.source === "daemon" ? "as the daemon says now" : "what this action does";
-  $("confirm-ok").disabled = r.data.allowed === false;
+  $("confirm-source").textContent = "The daemon checks it again and answers once you confirm.";
   $("confirm").showModal();
 }
 
@@ -137,7 +134,9 @@ $("confirm-ok").addEventListener("click", async () => {
   const r = await api("POST", "/api/action", p);
   if (r.status === 200) toast(r.data.message, "ok");
   else {
-    toast(r.data.error || "failed", "bad");
+    // The daemon's refusal as clevervm prints it: the sentence, then its details.
+    const details = Array.isArray(r.data.details) ? r.data.details.filter((d) => typeof d === "string") : [];
+    toast([r.data.error || "failed", ...details].join("\n"), "bad");
     if (r.status === 401 || r.status === 403) loadSession();
   }
 });
