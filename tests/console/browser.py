@@ -66,8 +66,12 @@ def text_of(driver: Any, css: str) -> str:
     return str(got)
 
 
-def screenshot(driver: Any, name: str) -> Path:
+def screenshot(driver: Any, name: str, *, whole_page: bool = False) -> Path:
+    """Save the window (or, with ``whole_page``, the whole page: the window grows to its height) in test-artifacts/."""
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / name
+    if whole_page:
+        size = driver.get_window_size()
+        driver.set_window_size(size["width"], int(driver.execute_script("return document.documentElement.scrollHeight")) + 40)
     driver.save_screenshot(str(path))
     return path
