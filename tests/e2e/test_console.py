@@ -1,4 +1,8 @@
-"""The web console on the full two-node lab: a migrate clicked in a real browser moves the resources.
+"""The web console on the full two-node lab with the wired daemons.
+
+- A migrate clicked in a real browser moves the resources.
+- A console stopped (SIGSTOP) or killed (SIGKILL) leaves the daemon's
+  heartbeats and decisions as they were.
 
 The console runs as its own process beside the active node, reading that
 node's control socket (``migrate`` bans the node whose daemon receives it,
@@ -11,15 +15,21 @@ and the VMs), and the page itself, without a reload. The screenshots go to
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from clever_cluster.daemon.console import auth
 from clever_cluster.sim.consoleproc import ConsoleProcess
 from clever_cluster.sim.harness import wait_for
 from clever_cluster.sim.nodelab.lab import NodeLab
+from clever_cluster.sim.nodelab.node import LabNode
 from tests.console.browser import chromium, screenshot, text_of, wait_until
 from tests.runtime.cluster import OVERRIDES, cli_json, holds_all, other, wait_active, wait_code
 
@@ -67,4 +77,82 @@ def test_migrate_clicked_in_the_page_moves_the_resources(make_nodelab: Callable[
         assert br.execute_script("return window.__sameDocument") == "yes"
         wait_until(br, lambda d: text_of(d, "#timeline-title").startswith("handover (giving)"), 30, "the handover timeline")
         screenshot(br, "console-lab-after.png", whole_page=True)
+    lab.check()
+
+
+# --------------------------------------------------------------------------- a stalled or killed console
+
+
+def watchers(url: str, n: int, stop: threading.Event) -> list[threading.Thread]:
+    """Browsers holding live views open (each reads its event stream until told to stop)."""
+    def watch() -> None:
+        while not stop.is_set():
+            try:
+                with httpx.stream("GET", url + "/api/events", timeout=httpx.Timeout(3.0)) as r:
+                    for _line in r.iter_lines():
+                        if stop.is_set():
+                            return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+
+    threads = [threading.Thread(target=watch, daemon=True) for _ in range(n)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def quick_status(n: LabNode) -> dict[str, Any]:
+    """Straight from the daemon's control socket with a 2 s deadline: a daemon held up by the console fails this."""
+    st: dict[str, Any] = n.control("status", timeout=2.0)
+    return st
+
+
+def sent(st: dict[str, Any]) -> int:
+    return sum(int(ln["sent"]) for ln in st["heartbeat"]["links"])
+
+
+def assert_daemon_carries_on(n: LabNode, peer: LabNode, before: dict[str, Any], what: str) -> dict[str, Any]:
+    """``n`` keeps sending and hearing heartbeats and deciding, without a stall or a change of decision, while ``what``."""
+    loop0 = before["daemon"]["loop"]
+    # 60 heartbeats on two links at 100 ms (3 s) and 30 decision cycles: a daemon that waited for the console would do neither.
+    wait_for(lambda: sent(quick_status(n)) >= sent(before) + 60 and quick_status(n)["daemon"]["loop"]["cycles"] >= loop0["cycles"] + 30,
+             30, f"{n.name} to send 60 heartbeats and decide 30 times while {what}", interval=0.2)
+    st = quick_status(n)
+    loop = st["daemon"]["loop"]
+    assert st["heartbeat"]["last_heard_mono"] > before["heartbeat"]["last_heard_mono"], f"{n.name} heard nothing while {what}"
+    assert (loop["stalls"], loop["errors"]) == (loop0["stalls"], loop0["errors"]), loop
+    assert loop["lag_seconds"] < 0.5, loop  # below policy.stall_threshold: not a stall
+    # The same decision, taken at the same time: it did not change even for one cycle.
+    assert (st["decision"]["code"], st["decision"]["since"]) == (before["decision"]["code"], before["decision"]["since"])
+    assert st["heartbeat"]["state"] == "alive" and st["heartbeat"]["event_counts"].get("peer_lost", 0) == 0
+    assert quick_status(peer)["heartbeat"]["event_counts"].get("peer_lost", 0) == 0
+    return st
+
+
+def test_a_stopped_or_killed_console_leaves_the_daemon_unaffected(make_nodelab: Callable[..., NodeLab], tmp_path: Path) -> None:
+    lab = make_nodelab(overrides=OVERRIDES)
+    active = wait_active(lab, 90)
+    standby = other(lab, active)
+    wait_code(standby, "no_action_secondary", 60)
+    # Polling ten times a second, with four live views open: always a request in flight when it stops.
+    con = ConsoleProcess(active.config, interval=0.1, log_path=tmp_path / "console.log").start()
+    stop = threading.Event()
+    threads = watchers(con.url, 4, stop)
+    try:
+        wait_for(lambda: con.get("/api/view")["summary"]["active"] == active.name, 20, "the console to show the active node")
+        before = quick_status(active)
+        assert before["decision"]["code"] == "no_action_primary"
+        con.signal(signal.SIGSTOP)
+        st = assert_daemon_carries_on(active, standby, before, "the console is stopped")
+        con.signal(signal.SIGCONT)
+        seq = con.get("/api/status")["seq"]
+        wait_for(lambda: con.get("/api/status")["seq"] > seq + 3, 10, "the console to poll again after SIGCONT")
+        con.signal(signal.SIGKILL)
+        assert con.proc is not None and con.proc.wait(5) == -signal.SIGKILL
+        assert_daemon_carries_on(active, standby, st, "the console is killed")
+    finally:
+        stop.set()
+        con.stop()
+        for t in threads:
+            t.join(5)
     lab.check()
