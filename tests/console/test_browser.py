@@ -98,7 +98,7 @@ def test_login_and_an_action_with_its_confirmation_in_the_page(lab: tuple[Path, 
         b.find_element("css selector", 'button[data-action="cleanup"]').click()
         wait_until(b, lambda b: b.find_element("id", "confirm").is_displayed(), 10, "the confirmation again")
         b.find_element("id", "confirm-ok").click()
-        # The daemon's answer, whatever it is, reaches the operator (main's skeleton has no cleanup command yet).
-        wait_until(b, lambda b: "cleanup" in text_of(b, "#toast").lower(), 10, "the daemon's answer")
+        # The daemon's own answer reaches the operator.
+        wait_until(b, lambda b: "fail counts of every VM cleared on both nodes" in text_of(b, "#toast"), 10, "the daemon's answer")
         screenshot(b, "console-action.png")
     assert "console action cleanup from 127.0.0.1" in con.log()
