@@ -75,7 +75,10 @@ def test_migrate_clicked_in_the_page_moves_the_resources(make_nodelab: Callable[
         wait_until(br, lambda d: "ACTIVE" in text_of(d, f"#node-{b}") and "ACTIVE" not in text_of(d, f"#node-{a}")
                    and "banned" in text_of(d, f"#node-{a}"), 30, f"the page to show {b} active and {a} banned")
         assert br.execute_script("return window.__sameDocument") == "yes"
-        wait_until(br, lambda d: text_of(d, "#timeline-title").startswith("handover (giving)"), 30, "the handover timeline")
+        wait_until(br, lambda d: text_of(d, "#timeline-title").startswith("handover (giving)")
+                   and text_of(d, "#timeline-title").endswith("handed over"), 30, "the finished handover timeline")
+        assert "granted → peer_active" in text_of(br, "#timeline-legend")
+        wait_until(br, lambda d: not d.find_element("id", "toast").is_displayed(), 20, "the answer to fade")
         screenshot(br, "console-lab-after.png", whole_page=True)
     lab.check()
 
