@@ -88,7 +88,7 @@ def test_bans_standby_and_a_peer_that_is_not_heard() -> None:
 
 
 def schema1(**over: Any) -> dict[str, Any]:
-    """A status document in the running daemon's shape (docs/status-schema.md, schema 1)."""
+    """A status document in the running daemon's shape (daemon/status.py, schema 1), with a resync, bans and a settings mismatch."""
     doc: dict[str, Any] = {
         "schema": 1, "cluster": "c", "node": "node2", "peer": "node1", "phase": "PRIMARY", "verdict": "node2: active",
         "decision": {"code": "no_action_primary", "phase": "PRIMARY", "sentence": "active with everything running"},
