@@ -25,7 +25,6 @@ from typing import Any
 
 VIEW_VERSION = 1
 NA = "not available"
-ACTIVE_PHASES = ("PRIMARY", "PROMOTING", "DEMOTING")
 BAD_PHASES = ("BLOCKED", "FENCING")
 SCHEMA = 1
 # fencing.monitor's redundancy grades, toned as `clevervm check` does (ok / warn / fail).
@@ -145,7 +144,8 @@ def _badges(name: str, intent: dict[str, Any] | None) -> list[dict[str, str]]:
     return out
 
 
-def _node_card(rec: dict[str, Any], intent: dict[str, Any] | None, not_active_because: list[str]) -> dict[str, Any]:
+def _node_card(rec: dict[str, Any], intent: dict[str, Any] | None, not_active_because: list[str], active: str | None) -> dict[str, Any]:
+    """One node's card; ``active`` is the daemon's word (``active_node``), not a guess from the phases."""
     name = _str(rec, "name") or "?"
     state, tone = _state_text(rec)
     online = bool(_bool(rec, "self") or _bool(rec, "online"))
@@ -175,7 +175,7 @@ def _node_card(rec: dict[str, Any], intent: dict[str, Any] | None, not_active_be
         if _bool(rec, "self") and not_active_because:
             rows.append(["not active because", "; ".join(not_active_because), "muted"])
     return {"name": name, "local": bool(_bool(rec, "self")), "state": state, "tone": tone, "phase": phase or "?",
-            "active": phase in ACTIVE_PHASES if phase else None, "badges": _badges(name, intent), "rows": rows,
+            "active": name == active, "badges": _badges(name, intent), "rows": rows,
             "note": "" if rows else ("resources not reported" if online else "nothing known while it is not heard")}
 
 
@@ -375,10 +375,8 @@ def build(snapshot: dict[str, Any], now: float | None = None) -> dict[str, Any]:
     # This node first, then the peer.
     records = sorted((n for n in _list(st, "nodes") if isinstance(n, dict) and _str(n, "name")), key=lambda n: not _bool(n, "self"))
     not_active = [str(x) for x in _list(st, "not_active_because")]
-    nodes = [_node_card(r, intent, not_active) for r in records]
     active = _str(st, "active_node")
-    for n in nodes:
-        n["active"] = n["name"] == active
+    nodes = [_node_card(r, intent, not_active, active) for r in records]
     why = _str(st, "active_why")
     phase = _str(st, "phase")
     code = _str(st, "decision", "code")
