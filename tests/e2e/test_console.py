@@ -31,7 +31,7 @@ from clever_cluster.sim.harness import wait_for
 from clever_cluster.sim.nodelab.lab import NodeLab
 from clever_cluster.sim.nodelab.node import LabNode
 from tests.console.browser import chromium, screenshot, text_of, wait_until
-from tests.runtime.cluster import OVERRIDES, cli_json, holds_all, other, wait_active, wait_code
+from tests.runtime.cluster import OVERRIDES, after_decisions, cli_json, holds_all, other, wait_active, wait_code
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 PASSWORD = "a console passphrase"
@@ -143,6 +143,7 @@ def test_a_stopped_or_killed_console_leaves_the_daemon_unaffected(make_nodelab: 
     threads = watchers(con.url, 4, stop)
     try:
         wait_for(lambda: con.get("/api/view")["summary"]["active"] == active.name, 20, "the console to show the active node")
+        after_decisions(active, 20)  # past the start-up's busy seconds
         before = quick_status(active)
         assert before["decision"]["code"] == "no_action_primary"
         con.signal(signal.SIGSTOP)
