@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 
 from . import clilocal, clirender
 from . import config as config_mod
+from .console import password_cli
 from .control import CommandFailed, ControlClient, DaemonUnreachable, socket_path
 from .handler_cli import handler_verb, run_handler
 from .schema import parse_duration
@@ -219,6 +220,10 @@ def cmd_handler_help(ctx: Context) -> int:  # dispatched before argparse; listed
     return run_handler([ctx.args.verb])
 
 
+def cmd_console_password(ctx: Context) -> int:
+    return password_cli.run(ctx.args)
+
+
 def cmd_daemon_restart(ctx: Context) -> int:
     got = ctx.call("shutdown", restart=True)
     print(f"clever-clusterd is restarting; the peer expects it back within {got['expected']:g}s "
@@ -249,8 +254,9 @@ VERBS: dict[str, tuple[Callable[[Context], int], str]] = {
     "fence-peer": (cmd_handler_help, "DRBD's fence-peer handler (exit codes are DRBD's: 4 outdated, 7 fenced, 1 otherwise)"),
     "unfence-peer": (cmd_handler_help, "DRBD's unfence-peer handler"),
     "daemon-restart": (cmd_daemon_restart, "restart this node's daemon, telling the peer to expect it back (resources keep running)"),
+    "console-password": (cmd_console_password, "set the web console's password (writes a salted hash; the console is read-only without one)"),
 }
-JSON_VERBS = set(VERBS) - {"fence-peer", "unfence-peer", "reload", "daemon-restart"}
+JSON_VERBS = set(VERBS) - {"fence-peer", "unfence-peer", "reload", "daemon-restart", "console-password"}
 
 
 def _decisions(text: str) -> int:
@@ -293,7 +299,9 @@ def _parser() -> _Parser:
         p.verb_parsers[name] = sp
         if name in JSON_VERBS:
             sp.add_argument("--json", action="store_true", help="machine-readable output")
-        if name == "history":
+        if name == "console-password":
+            password_cli.add_arguments(sp)
+        elif name == "history":
             sp.add_argument("--decisions", type=_decisions, default=50, help="how many recent decisions (1..200)")
         elif name == "migrate":
             sp.add_argument("--lifetime", help="the ban expires after this long (e.g. 30m, 2h)")

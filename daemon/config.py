@@ -257,6 +257,7 @@ class ConsoleConfig:
     password_file: Path | None = opt(None, "Salted password hash made by `clevervm console-password`; without it the console is read-only.")
     tls_cert: Path | None = opt(None, "TLS certificate for the console.")
     tls_key: Path | None = opt(None, "TLS private key for the console.")
+    allowed_hosts: tuple[str, ...] = opt((), "Host names the console answers to besides IP addresses, `localhost` and this machine's own name (a defence against DNS rebinding).")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -302,19 +303,25 @@ def load(path: Path | str, *, check_files: bool = True) -> Config:
     return from_table(table, path, check_files=check_files)
 
 
+def read_table(path: Path | str) -> dict[str, Any]:
+    """The file parsed as TOML, not validated (for readers of a few keys). Raises ConfigError."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise ConfigError(path, [f"cannot read the file: {e.strerror or e}"]) from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(path, [f"not valid TOML: {e}"]) from None
+
+
 def runtime_dir_of(path: Path | str) -> Path:
-    """Only ``cluster.runtime_dir`` of a file, for clevervm.
+    """Only ``cluster.runtime_dir`` of a file, for clevervm and the web console.
 
     clevervm must reach a running daemon even while the file on disk has an
     unrelated mistake (the daemon keeps running on the old configuration).
     """
     path = Path(path)
-    try:
-        table = tomllib.loads(path.read_bytes().decode("utf-8"))
-    except OSError as e:
-        raise ConfigError(path, [f"cannot read the file: {e.strerror or e}"]) from None
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(path, [f"not valid TOML: {e}"]) from None
+    table = read_table(path)
     value = table.get("cluster", {}).get("runtime_dir", str(ClusterConfig.__dataclass_fields__["runtime_dir"].default))
     if not isinstance(value, str) or not value:
         raise ConfigError(path, ["cluster.runtime_dir: must be a path as a non-empty string"])
