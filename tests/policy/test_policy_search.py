@@ -17,6 +17,9 @@ from clever_cluster.sim.cluster.script import Command
 
 RANDOM_SEEDS = 10_000
 WORKERS = 2
+# About a minute or two each on a quiet machine; the deadline leaves room for a loaded one
+# (make test runs them next to the lab tests).
+SEARCH_DEADLINE = 900
 
 
 def _explain(found: list[tuple[int, list[Command], list[str]]], cfg: search.RunConfig | None = None) -> str:
@@ -26,12 +29,14 @@ def _explain(found: list[tuple[int, list[Command], list[str]]], cfg: search.RunC
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SEARCH_DEADLINE)
 def test_random_fault_schedules() -> None:
     found = search.first_failures(range(RANDOM_SEEDS), workers=WORKERS)
     assert not found, _explain(found)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SEARCH_DEADLINE)
 def test_exhaustive_depth_5() -> None:
     bad, stats = search.exhaustive_parallel(5, workers=WORKERS)
     assert stats["leaves"] + stats["pruned"] >= len(search.EXHAUSTIVE_ALPHABET) ** 5 - len(search.EXHAUSTIVE_ALPHABET) ** 4
