@@ -112,8 +112,12 @@ def test_a_handover_through_the_real_parts_is_logged_and_clean(make_nodelab: Cal
         return recs if done else None
 
     recs = wait_for(logged, 10, "both nodes' transitions in the log")
-    assert node1_steps(recs) == [("role", "Primary"), ("mount", "mounted"), ("vm", "active"), ("vm", "inactive"), ("mount", "unmounted"),
-                                 ("role", "Secondary")]
+    steps = node1_steps(recs)
+    # Role and mount records are written by the process that makes the change, in order. A VM event
+    # is stamped when the node's keeper receives it from libvirt, which on a loaded machine can be
+    # after the unmount that followed the save: only the VM's own order is fixed.
+    assert [x for x in steps if x[0] != "vm"] == [("role", "Primary"), ("mount", "mounted"), ("mount", "unmounted"), ("role", "Secondary")]
+    assert [x for x in steps if x[0] == "vm"] == [("vm", "active"), ("vm", "inactive")]
     ivs = tr.intervals(recs)
     first = [i for i in ivs if i.node == "node1"]
     second = [i for i in ivs if i.node == "node2"]
