@@ -112,7 +112,7 @@ def test_the_returned_peer_is_waited_for_only_while_its_record_is_void() -> None
     assert step(st, f, S).reason.code is Code.PROMOTE_AFTER_FENCE
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(near())
 def test_a_fence_is_repeated_until_it_shows_in_the_facts(sf: tuple[PolicyState, Facts]) -> None:
     """docs/policy.md: actions are repeated until their effect shows. With the same facts (the
