@@ -6,7 +6,11 @@ Invariants:
 - ``FencePeer`` is emitted only when: the episode is open and has no record,
   no stall window is running, the delay decided once for the episode has
   passed, S8 holds (or an operator asked), and a gateway probe requested at
-  this decision point came back reachable (S7).
+  this decision point came back reachable (S7); never while a record of the episode is on disk but
+  void (the peer came back): the coordinator would answer it with that record, so the decision
+  would alternate between probing and "fencing" without a fence.
+- With unchanged facts a decision that fences fences again, for the same reason (the action is
+  repeated until the attempt shows in the facts; the alert is raised on the change of reason only).
 - After a confirmed fence a node that holds nothing promotes only through
   ``promote_blocker`` (S3, S9) and disconnects a dead peer still shown
   Connected first.
@@ -18,7 +22,7 @@ from . import view
 from .actions import DisconnectDrbd, FencePeer, ProbeGateway, Promote, ReconnectDrbd
 from .context import Ctx, Outcome
 from .facts import FenceRecord
-from .model import Conn, Disk, Evidence, Phase, Role
+from .model import Conn, Disk, Evidence, LossEpisode, Phase, Role
 from .placement import OUTDATED_OR_WORSE, drbd_fencing, held_without_peer, vm_duty
 from .reasons import Code
 from .view import PeerStatus
@@ -112,6 +116,16 @@ def peer_gone(c: Ctx) -> Outcome:
             c.alert("fence_failing", f"fence of {s.peer} failed {f.fencing.failures}x: {att.detail}")
             c.wait_until(retry_at)
             return Phase.FENCING, Code.FENCE_FAILED_RETRYING, f"fence of {s.peer} failed {f.fencing.failures}x ({att.detail}); retry at {retry_at:.2f}; frozen; {way_out}"
+    returned = _void_record(c, ep)
+    if returned is not None:
+        # The episode's fence was confirmed, then DRBD talked to the peer again (powered back on,
+        # `fencing.after = "on"`): the record no longer proves it off, and the coordinator would only
+        # answer a new FencePeer with that same record. Its new boot is passive until it hears us (S4):
+        # wait for it (the episode closes then) rather than fence in a loop or promote without evidence.
+        c.alert("fenced_peer_returned", f"{s.peer} was confirmed off at {returned.confirmed_at:.2f} and is back; waiting for its daemon")
+        return _phase_when_waiting(c), Code.FENCED_PEER_RETURNED, (
+            f"{s.peer} was confirmed off at {returned.confirmed_at:.2f} ({ep}) but DRBD connected to it at {f.drbd.connected_since:.2f}: "
+            f"it is back and that record proves nothing now; not fencing it again, not promoting; waiting to hear its daemon")
     not_before = c.v.fence_not_before
     if not_before is None:
         not_before = lost_at + _decide_delay(c, lost_at)
@@ -143,13 +157,21 @@ def peer_gone(c: Ctx) -> Outcome:
                 c.vol(probe_requested_at=None)
             c.alert("no_gateway", f"{s.peer} lost and no gateway reachable here: probably isolated; not fencing")
             return (Phase.PRIMARY if c.held else Phase.FENCING), Code.PEER_LOST_NO_GATEWAY, f"{s.peer} lost, fresh gateway probe at {fresh.taken_at:.2f}: {fresh.reachable if fresh.reachable is not None else 'no data'} reachable; probably isolated, no fence (S7)"
-    c.vol(probe_requested_at=None)
+    # probe_requested_at is kept: the same fresh probe still opens the gate if this decision is taken
+    # again before the attempt shows in the facts (the action is repeated until it does; the executor
+    # ignores a repeat while a fence runs); it goes stale after heartbeat_timeout and a retry re-probes
     c.act(FencePeer(ep, f.now - lost_at, operator=c.v.operator_fence))
     c.alert("fencing", f"fencing {s.peer}")
     who = "operator request" if c.v.operator_fence else ("this node is active" if _self_active(c) else f"waited {f.now - lost_at:.2f}s")
     age = view.min_link_age(f)
     since = f"since {f.now - age:.2f}" if age is not None else "this daemon run"
     return Phase.FENCING, Code.PEER_LOST_FENCING, f"fencing {s.peer}: no heartbeat on any link {since}; gateway reachable; {who}"
+
+
+def _void_record(c: Ctx, ep: LossEpisode) -> FenceRecord | None:
+    """A record of this episode on disk that ``view.record_for`` voids (DRBD connected to the peer
+    after it was confirmed), or None."""
+    return next((r for r in c.f.fencing.records if r.episode == ep), None)
 
 
 def _phase_when_waiting(c: Ctx) -> Phase:

@@ -48,6 +48,7 @@ class Code(StrEnum):
     PEER_LOST_FENCING = "peer_lost_fencing"
     FENCE_IN_PROGRESS = "fence_in_progress"
     FENCE_FAILED_RETRYING = "fence_failed_retrying"
+    FENCED_PEER_RETURNED = "fenced_peer_returned"
     FENCE_CONFIRMED_DISCONNECTING = "fence_confirmed_disconnecting"
     PROMOTE_AFTER_FENCE = "promote_after_fence"
     PRIMARY_AFTER_FENCE = "primary_after_fence"
@@ -135,6 +136,7 @@ TABLE: dict[Code, Row] = {
     Code.PEER_LOST_FENCING: Row((P.FENCING,), "Peer lost: fencing it now."),
     Code.FENCE_IN_PROGRESS: Row((P.FENCING,), "A fence of the peer is running."),
     Code.FENCE_FAILED_RETRYING: Row((P.FENCING,), "The fence failed (only positive evidence of OFF counts, S2); retrying with backoff."),
+    Code.FENCED_PEER_RETURNED: Row((P.SECONDARY, P.PRIMARY), "The peer was confirmed off in this loss episode, but DRBD connected to it since (powered back on, its daemon not heard yet): the record proves nothing now; no second fence, no promotion; waiting to hear it."),
     Code.FENCE_CONFIRMED_DISCONNECTING: Row((P.FENCING,), "The fence is confirmed but DRBD still shows the dead peer Connected: disconnect it first."),
     Code.PROMOTE_AFTER_FENCE: Row((P.PROMOTING,), "The peer is confirmed off for this loss episode: promote, mount, add the IP, cold-boot the VMs (S1b)."),
     Code.PRIMARY_AFTER_FENCE: Row((P.PRIMARY,), "The peer is confirmed off; this active node carries on with a new epoch."),

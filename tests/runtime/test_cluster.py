@@ -124,6 +124,10 @@ def test_active_powered_off_through_its_bmc_fails_over_with_cold_booted_vms(lab:
     wait_code(dead, "no_action_secondary", timeout=90)
     assert survivor.write()["ok"] and acked
     assert not [v for v in vm_transitions(lab, survivor.name, start) if v[1] == "inactive"]
+    # One fence, one "fencing" alert: when the BMC powers the peer back on while the promotion waits in its own
+    # fence-peer call, the voided record once made the decision alternate probing/fencing (an alert per step).
+    fencing_alerts = [e for e in survivor.journal_entries() if e.get("CLEVER_ALERT") == "fencing"]
+    assert len(fencing_alerts) == 1, [e.get("MESSAGE") for e in fencing_alerts[:5]]
     lab.check()
 
 
