@@ -84,7 +84,8 @@ def build_monitor(cfg: Config, levels: list[list[FenceAgent]], identity: Identit
                   peer_machine_id: Callable[[], str | None], peer_heard: Callable[[], bool],
                   last_checked: dict[str, float] | None = None) -> DeviceMonitor:
     return DeviceMonitor(levels, identity, own_machine_id=own_machine_id, peer_machine_id=peer_machine_id, peer_heard=peer_heard,
-                         peer=cfg.cluster.peer, interval=cfg.fencing.monitor_interval, last_checked=last_checked)
+                         peer=cfg.cluster.peer, interval=cfg.fencing.monitor_interval, last_checked=last_checked,
+                         peer_loss_detection=cfg.heartbeat.timeout + cfg.heartbeat.interval)
 
 
 def build_watchdog(cfg: Config, entitled: Callable[[], bool]) -> SelfFenceGuard | None:
