@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +34,8 @@ from .agent import FenceAgent, error_text
 from .identity import IdentityBook, IdentityVerdict, Trust, check_identity, settle_off_reading
 from .manual import ManualAgent
 from .types import Deadline, DeviceHealth, now_wall
+
+log = logging.getLogger("clever_cluster.fencing")
 
 MIN_INTERVAL = 60.0
 DEFAULT_INTERVAL = 300.0
@@ -110,7 +113,10 @@ class DeviceMonitor:
         """Wait the peer-loss detection time after an OFF reading taken while the peer was heard, then judge it."""
         started = time.monotonic()
         await asyncio.sleep(self.peer_loss_detection)
-        return settle_off_reading(verdict, still_heard=self._heard(), waited=round(time.monotonic() - started, 1))
+        settled = settle_off_reading(verdict, still_heard=self._heard(), waited=round(time.monotonic() - started, 1))
+        # Said once per such reading: what the device read and what the heartbeats showed after it.
+        log.warning("fence device %s identity %s: %s", verdict.device, settled.trust.value, settled.message)
+        return settled
 
     def _peer_known(self) -> bool:
         return self._peer_mid() is not None and self._heard()
