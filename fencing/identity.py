@@ -134,7 +134,8 @@ def settle_off_reading(verdict: IdentityVerdict, *, still_heard: bool, waited: f
     """The outcome of an OFF reading taken while the peer counted as heard, ``waited`` s later.
 
     Call it no sooner than the peer-loss detection time after the reading.
-    Still heard then: the peer sent heartbeats after its machine read OFF, so
+    ``still_heard``: the peer proved alive after the reading (best: a datagram
+    it sent after the reading ended). Then it ran after its machine read OFF, so
     this device reads another machine (and would confirm a fence of a live
     peer): MISMATCH. Silent then: consistent with the peer losing power, but
     nothing was proven either way: UNVERIFIED (never trusted on its own).
@@ -143,7 +144,7 @@ def settle_off_reading(verdict: IdentityVerdict, *, still_heard: bool, waited: f
         return verdict
     if still_heard:
         return dataclasses.replace(verdict, trust=Trust.MISMATCH, off_while_heard=False, at=now_wall(), message=(
-            f"read the machine OFF while the peer was heard, and the peer was still heard {waited:g}s later: "
+            f"read the machine OFF while the peer was heard, and the peer was still heard after that reading (judged {waited:g}s later): "
             "it does not control the peer"))
     return dataclasses.replace(verdict, off_while_heard=False, at=now_wall(), message=(
         f"read the machine OFF, then the peer fell silent within {waited:g}s: consistent with a power loss, not a proof of identity"))

@@ -171,3 +171,34 @@ async def test_manual_device_needs_no_identity() -> None:
     v = await check_identity(ManualAgent("op", "node2"), peer_machine_id=None, own_machine_id=OWN_UUID, peer_heard=False, deadline=Deadline.after(1))
     assert v.trust is Trust.VERIFIED
     assert (await FakeAgent("x").status(Deadline.after(1))).state is PowerState.ON
+
+
+async def test_an_off_reading_is_a_mismatch_only_with_proof_of_life_after_it() -> None:
+    """With the heartbeat's last-heard time, "heard" alone (which a loop stall prolongs
+    past a power loss) does not make an OFF reading a mismatch: a datagram the peer sent
+    after the reading does, even if the peer went silent since."""
+    import time
+
+    dev = FakeAgent("bmc")
+    dev.power = PowerState.OFF
+    last: list[float] = [time.monotonic()]  # the last datagram left before the reading
+    m = monitor([[dev]], peer_loss_detection=0.05, peer_last_heard=lambda: last[0])
+    (c,) = await m.check_all()
+    assert c.identity.trust is Trust.UNVERIFIED and "fell silent" in c.identity.message, c.identity  # heard() is True throughout
+
+    class AliveAfterTheReading(FakeAgent):
+        async def status(self, deadline: Deadline):  # type: ignore[no-untyped-def]
+            r = await super().status(deadline)
+            asyncio.get_running_loop().call_later(0.01, lambda: last.__setitem__(0, time.monotonic()))
+            return r
+
+    dev2 = AliveAfterTheReading("bmc2")
+    dev2.power = PowerState.OFF
+    heard = [True]
+    m2 = DeviceMonitor([[dev2]], IdentityBook({"bmc2": "x"}), own_machine_id=OWN_UUID, peer_machine_id=lambda: PEER_UUID,
+                       peer_heard=lambda: heard[0], peer="node2", peer_loss_detection=0.1, peer_last_heard=lambda: last[0])
+    task = asyncio.create_task(m2.check_device(1, dev2))
+    await asyncio.sleep(0.05)
+    heard[0] = False  # silent by the time the reading is judged: the datagram after it still counts
+    c2 = await task
+    assert c2.identity.trust is Trust.MISMATCH and "still heard" in c2.identity.message, c2.identity
