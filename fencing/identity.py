@@ -21,6 +21,9 @@ Invariants:
   never verifies one. Only an ON reading while the peer is heard verifies.
 - A machine id that is not the peer's (or is this node's) is a MISMATCH at
   once; an OFF reading is one only once the peer is proven to have run after it.
+- While an OFF reading taken with the peer heard is being settled, the device
+  is not trusted (:meth:`IdentityBook.hold`): it could be a device that reads
+  another machine, and a fence in that window would believe its OFF readings.
 - Trust is bound to the peer's machine id it was verified against: if the
   peer publishes another machine id (hardware swapped), the device must be
   verified again.
@@ -160,6 +163,7 @@ class IdentityBook:
         self._describe = dict(devices)
         self._path = Path(state_dir) / self.FILENAME if state_dir is not None else None
         self._verdicts: dict[str, IdentityVerdict] = {}
+        self._held: dict[str, IdentityVerdict] = {}  # OFF readings being settled: not trusted meanwhile
         self._load()
         self._saved = self._facts()
 
@@ -201,8 +205,17 @@ class IdentityBook:
             return
         self._saved = facts
 
+    def hold(self, verdict: IdentityVerdict) -> None:
+        """Distrust the device until :meth:`record` (or :meth:`release`) folds in how ``verdict`` was settled."""
+        self._held[verdict.device] = verdict
+
+    def release(self, device: str) -> None:
+        """End a hold whose settling was abandoned (the check was cancelled): the verdict in force stands."""
+        self._held.pop(device, None)
+
     def record(self, verdict: IdentityVerdict) -> IdentityVerdict:
         """Fold a check result in; returns the device's verdict now in force."""
+        self._held.pop(verdict.device, None)
         old = self._verdicts.get(verdict.device)
         if old is not None and old.trust is Trust.MISMATCH:
             return old  # disabled until the configuration changes
@@ -214,9 +227,14 @@ class IdentityBook:
         return verdict
 
     def verdict(self, device: str) -> IdentityVerdict:
-        return self._verdicts.get(device) or IdentityVerdict(device, Trust.UNVERIFIED, "not checked yet")
+        old = self._verdicts.get(device)
+        if device in self._held and not (old is not None and old.trust is Trust.MISMATCH):
+            return self._held[device]
+        return old or IdentityVerdict(device, Trust.UNVERIFIED, "not checked yet")
 
     def trusted(self, device: str, peer_machine_id: str | None) -> bool:
+        if device in self._held:
+            return False
         v = self._verdicts.get(device)
         if v is None or v.trust is not Trust.VERIFIED:
             return False

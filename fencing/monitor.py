@@ -115,8 +115,16 @@ class DeviceMonitor:
         return result
 
     async def _settle(self, verdict: IdentityVerdict, read_done: float) -> IdentityVerdict:
-        """Wait the peer-loss detection time after an OFF reading taken while the peer was heard, then judge it."""
-        await asyncio.sleep(self.peer_loss_detection)
+        """Wait the peer-loss detection time after an OFF reading taken while the peer was heard, then judge it.
+
+        The device is not trusted meanwhile (a fence in that window would believe its OFF readings).
+        """
+        self.identity.hold(verdict)
+        try:
+            await asyncio.sleep(self.peer_loss_detection)
+        except BaseException:
+            self.identity.release(verdict.device)
+            raise
         if self._last_heard is not None:
             # Proof of life after the reading; "heard" alone can outlast a power loss after a loop stall.
             last = self._last_heard()

@@ -202,3 +202,32 @@ async def test_an_off_reading_is_a_mismatch_only_with_proof_of_life_after_it() -
     heard[0] = False  # silent by the time the reading is judged: the datagram after it still counts
     c2 = await task
     assert c2.identity.trust is Trust.MISMATCH and "still heard" in c2.identity.message, c2.identity
+
+
+async def test_a_device_is_not_trusted_while_its_off_reading_is_being_settled() -> None:
+    """Between the OFF reading and its judgement a fence must not believe that device's
+    OFF readings: it might read another machine. A device verified before gets its
+    trust back when the peer turns out to have fallen silent."""
+    import time
+
+    dev = FakeAgent("bmc")
+    book = IdentityBook({"bmc": dev.describe()})
+    book.record(IdentityVerdict("bmc", Trust.VERIFIED, "verified earlier", PEER_UUID, PEER_UUID))
+    dev.power = PowerState.OFF
+    last = time.monotonic()
+    m = monitor([[dev]], book=book, peer_loss_detection=0.3, peer_last_heard=lambda: last)
+    task = asyncio.create_task(m.check_device(1, dev))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not book.verdict("bmc").off_while_heard and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    assert not task.done() and not book.trusted("bmc", PEER_UUID) and book.verdict("bmc").off_while_heard
+    assert (await task).identity.trust is Trust.VERIFIED and book.trusted("bmc", PEER_UUID)
+    # A check cancelled while settling (a reload) leaves the verdict in force as it was.
+    task = asyncio.create_task(m.check_device(1, dev))
+    while not book.verdict("bmc").off_while_heard and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    assert not book.trusted("bmc", PEER_UUID)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert book.trusted("bmc", PEER_UUID)
