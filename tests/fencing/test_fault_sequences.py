@@ -518,6 +518,14 @@ class SilentAfterPowerLoss:
         return agent
 
 
+async def assert_refused_without_power_action(tmp_path: Path, agent: Any, book: IdentityBook, bmc: Any) -> None:
+    """A fence of the lost peer with ``agent`` as its only device is refused and sends nothing."""
+    c = coordinator(tmp_path, [[agent]], World())
+    c.identity = book
+    r = await asyncio.wait_for(c.fence(req()), 60)
+    assert not r.confirmed and "power_off" not in bmc.names(), r
+
+
 async def test_an_off_reading_while_a_dying_peer_still_counts_as_heard_is_not_a_lasting_mismatch(bmc_factory, tmp_path: Path) -> None:
     """The lab's sequence: the standby's daemon restarts (its device check runs at start), the
     active's machine is powered off through its BMC within the same second. The check reads
@@ -552,10 +560,7 @@ async def test_an_off_reading_never_verifies_a_device_that_was_not_verified_befo
     check = await m.check_device(1, ipmi)
     assert check.identity.trust is Trust.UNVERIFIED and "fell silent" in check.identity.message, check.identity
     assert not book.trusted(ipmi.name, PEER_UUID)
-    c = coordinator(tmp_path, [[ipmi]], World())
-    c.identity = book
-    r = await asyncio.wait_for(c.fence(req()), 60)
-    assert not r.confirmed and "power_off" not in b.names(), r
+    await assert_refused_without_power_action(tmp_path, ipmi, book, b)
     b2 = bmc_factory("immediate")  # the peer is back and its machine reads ON while heard
     ipmi2 = ipmi_agent(b2.port)
     peer.lost_at = None
@@ -575,7 +580,4 @@ async def test_a_device_reading_off_while_the_peer_stays_heard_is_still_a_mismat
     check = await m.check_device(1, ipmi)
     assert check.identity.trust is Trust.MISMATCH and "still heard" in check.identity.message, check.identity
     assert not book.trusted(ipmi.name, PEER_UUID)
-    c = coordinator(tmp_path, [[ipmi]], World())
-    c.identity = book
-    r = await asyncio.wait_for(c.fence(req()), 60)
-    assert not r.confirmed and "power_off" not in b.names(), r
+    await assert_refused_without_power_action(tmp_path, ipmi, book, b)
