@@ -82,9 +82,11 @@ def build_coordinator(cfg: Config, levels: list[list[FenceAgent]], identity: Ide
 
 def build_monitor(cfg: Config, levels: list[list[FenceAgent]], identity: IdentityBook, *, own_machine_id: str,
                   peer_machine_id: Callable[[], str | None], peer_heard: Callable[[], bool],
-                  last_checked: dict[str, float] | None = None) -> DeviceMonitor:
+                  last_checked: dict[str, float] | None = None,
+                  peer_last_heard: Callable[[], float | None] | None = None) -> DeviceMonitor:
     return DeviceMonitor(levels, identity, own_machine_id=own_machine_id, peer_machine_id=peer_machine_id, peer_heard=peer_heard,
-                         peer=cfg.cluster.peer, interval=cfg.fencing.monitor_interval, last_checked=last_checked)
+                         peer=cfg.cluster.peer, interval=cfg.fencing.monitor_interval, last_checked=last_checked,
+                         peer_loss_detection=cfg.heartbeat.timeout + cfg.heartbeat.interval, peer_last_heard=peer_last_heard)
 
 
 def build_watchdog(cfg: Config, entitled: Callable[[], bool]) -> SelfFenceGuard | None:

@@ -326,10 +326,13 @@ class Runtime:
             retry_backoff_max=fe.retry_backoff_max, max_rounds=1)  # one round per FencePeer: the policy decides the retries
         self.monitor: DeviceMonitor = build_monitor(cfg, levels, self.identity_book, own_machine_id=ident.machine_id or "",
                                                     peer_machine_id=self._peer_machine_id, peer_heard=self._peer_heard,
-                                                    last_checked=last_checked)
+                                                    last_checked=last_checked, peer_last_heard=self._peer_last_heard)
 
     def _peer_heard(self) -> bool:
         return self.heartbeat.view().state in HEARD
+
+    def _peer_last_heard(self) -> float | None:
+        return self.heartbeat.view().last_heard
 
     def _peer_machine_id(self) -> str | None:
         return self.heartbeat.view().machine_id

@@ -6,11 +6,24 @@ A device is trusted (VERIFIED) only after both, in one check:
   machine id the peer publishes in its heartbeat, and is not this node's own;
 - it reads the machine ON while the peer is heard.
 
+A reading of OFF while the peer still counts as heard proves nothing by
+itself: a peer that has just lost power keeps counting as heard for up to a
+heartbeat timeout. Such a check is UNVERIFIED with ``off_while_heard`` set; the
+caller waits for the peer-loss detection time and settles it with
+:func:`settle_off_reading`: still heard then (the peer ran after the device
+read its machine OFF) is a MISMATCH; silent then is UNVERIFIED.
+
 Invariants:
 - A MISMATCH disables the device until the configuration changes (a new
   book is made at reload): it is never used for a power action again.
-- A check that could not be completed (device unreachable, peer not heard)
-  never downgrades a VERIFIED device, and never verifies one.
+- A check that could not be completed (device unreachable, peer not heard,
+  OFF read as the peer went silent) never downgrades a VERIFIED device, and
+  never verifies one. Only an ON reading while the peer is heard verifies.
+- A machine id that is not the peer's (or is this node's) is a MISMATCH at
+  once; an OFF reading is one only once the peer is proven to have run after it.
+- While an OFF reading taken with the peer heard is being settled, the device
+  is not trusted (:meth:`IdentityBook.hold`): it could be a device that reads
+  another machine, and a fence in that window would believe its OFF readings.
 - Trust is bound to the peer's machine id it was verified against: if the
   peer publishes another machine id (hardware swapped), the device must be
   verified again.
@@ -55,6 +68,8 @@ class IdentityVerdict:
     reported: str | None = None
     peer_machine_id: str | None = None
     at: float = 0.0
+    # Read OFF while the peer still counted as heard: to be settled by settle_off_reading().
+    off_while_heard: bool = False
 
 
 def _variants(value: str) -> set[str]:
@@ -76,8 +91,9 @@ async def check_identity(agent: FenceAgent, *, peer_machine_id: str | None, own_
     """Run the identity check once (read-only: machine id and power status).
 
     ``peer_heard`` may be a callable: it is then asked again after an OFF
-    reading, and the device is a mismatch only if the peer is still heard
-    (a peer whose machine just lost power reads OFF on the right device).
+    reading (a peer already silent then may just have lost power). An OFF
+    reading while the peer is still heard comes back UNVERIFIED with
+    ``off_while_heard`` set: the caller settles it with :func:`settle_off_reading`.
     """
     name = agent.name
     heard: Callable[[], bool] = peer_heard if callable(peer_heard) else (lambda: bool(peer_heard))
@@ -106,12 +122,35 @@ async def check_identity(agent: FenceAgent, *, peer_machine_id: str | None, own_
         if not heard():
             return IdentityVerdict(name, Trust.UNVERIFIED, f"reads the machine OFF ({reading.detail}) but the peer is not heard any more: "
                                                            "it may just have lost power", reported, peer_machine_id, now_wall())
-        return IdentityVerdict(name, Trust.MISMATCH, f"reads the machine OFF ({reading.detail}) while the peer is heard: it does not control the peer",
-                               reported, peer_machine_id, now_wall())
+        # Not a mismatch yet: the peer still counts as heard for up to a heartbeat
+        # timeout after its machine loses power (see settle_off_reading).
+        return IdentityVerdict(name, Trust.UNVERIFIED, f"reads the machine OFF ({reading.detail}) while the peer still counts as heard: "
+                                                       "inconclusive until the peer is heard (or not) a heartbeat timeout later",
+                               reported, peer_machine_id, now_wall(), off_while_heard=True)
     if reading.state is not PowerState.ON:
         return IdentityVerdict(name, Trust.UNVERIFIED, f"machine id matches; power reads {reading.detail}", reported, peer_machine_id, now_wall())
     return IdentityVerdict(name, Trust.VERIFIED, f"machine id {reported} matches the peer and it reads ON while the peer is heard",
                            reported, peer_machine_id, now_wall())
+
+
+def settle_off_reading(verdict: IdentityVerdict, *, still_heard: bool, waited: float) -> IdentityVerdict:
+    """The outcome of an OFF reading taken while the peer counted as heard, ``waited`` s later.
+
+    Call it no sooner than the peer-loss detection time after the reading.
+    ``still_heard``: the peer proved alive after the reading (best: a datagram
+    it sent after the reading ended). Then it ran after its machine read OFF, so
+    this device reads another machine (and would confirm a fence of a live
+    peer): MISMATCH. Silent then: consistent with the peer losing power, but
+    nothing was proven either way: UNVERIFIED (never trusted on its own).
+    """
+    if not verdict.off_while_heard:
+        return verdict
+    if still_heard:
+        return dataclasses.replace(verdict, trust=Trust.MISMATCH, off_while_heard=False, at=now_wall(), message=(
+            f"read the machine OFF while the peer was heard, and the peer was still heard after that reading (judged {waited:g}s later): "
+            "it does not control the peer"))
+    return dataclasses.replace(verdict, off_while_heard=False, at=now_wall(), message=(
+        f"read the machine OFF, then the peer fell silent within {waited:g}s: consistent with a power loss, not a proof of identity"))
 
 
 class IdentityBook:
@@ -124,6 +163,7 @@ class IdentityBook:
         self._describe = dict(devices)
         self._path = Path(state_dir) / self.FILENAME if state_dir is not None else None
         self._verdicts: dict[str, IdentityVerdict] = {}
+        self._held: dict[str, IdentityVerdict] = {}  # OFF readings being settled: not trusted meanwhile
         self._load()
         self._saved = self._facts()
 
@@ -165,8 +205,17 @@ class IdentityBook:
             return
         self._saved = facts
 
+    def hold(self, verdict: IdentityVerdict) -> None:
+        """Distrust the device until :meth:`record` (or :meth:`release`) folds in how ``verdict`` was settled."""
+        self._held[verdict.device] = verdict
+
+    def release(self, device: str) -> None:
+        """End a hold whose settling was abandoned (the check was cancelled): the verdict in force stands."""
+        self._held.pop(device, None)
+
     def record(self, verdict: IdentityVerdict) -> IdentityVerdict:
         """Fold a check result in; returns the device's verdict now in force."""
+        self._held.pop(verdict.device, None)
         old = self._verdicts.get(verdict.device)
         if old is not None and old.trust is Trust.MISMATCH:
             return old  # disabled until the configuration changes
@@ -178,9 +227,14 @@ class IdentityBook:
         return verdict
 
     def verdict(self, device: str) -> IdentityVerdict:
-        return self._verdicts.get(device) or IdentityVerdict(device, Trust.UNVERIFIED, "not checked yet")
+        old = self._verdicts.get(device)
+        if device in self._held and not (old is not None and old.trust is Trust.MISMATCH):
+            return self._held[device]
+        return old or IdentityVerdict(device, Trust.UNVERIFIED, "not checked yet")
 
     def trusted(self, device: str, peer_machine_id: str | None) -> bool:
+        if device in self._held:
+            return False
         v = self._verdicts.get(device)
         if v is None or v.trust is not Trust.VERIFIED:
             return False

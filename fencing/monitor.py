@@ -8,7 +8,15 @@
   with its machine id (typically the first check, at start) is checked once
   more as soon as the peer is heard: otherwise a peer lost within the first
   interval could never be fenced by it. At most one such extra check per
-  periodic check, so a device is still not polled in a loop. A device whose call raises is
+  periodic check, so a device is still not polled in a loop.
+- A device that reads OFF while the peer still counts as heard is judged
+  only after the peer-loss detection time (``peer_loss_detection``,
+  heartbeat.timeout + interval): a mismatch if the peer proved alive after
+  the reading (with ``peer_last_heard``: a datagram it sent after the reading
+  ended; without: still counted as heard), unverified otherwise. A peer that
+  has just lost power still counts as heard for a moment (longer after a loop
+  stall): its device must not be disabled as it is about to be needed. The
+  wait holds no device lock. A device whose call raises is
   reported unhealthy and unverified; it never stops the checks of the others.
 - :func:`assess` turns the results into "can this node fence its peer right
   now" and the redundancy sentence shown by ``status``.
@@ -28,13 +36,16 @@ import time
 from collections.abc import Callable, Sequence
 
 from .agent import FenceAgent, error_text
-from .identity import IdentityBook, IdentityVerdict, Trust, check_identity
+from .identity import IdentityBook, IdentityVerdict, Trust, check_identity, settle_off_reading
 from .manual import ManualAgent
 from .types import Deadline, DeviceHealth, now_wall
+
+log = logging.getLogger("clever_cluster.fencing")
 
 MIN_INTERVAL = 60.0
 DEFAULT_INTERVAL = 300.0
 JITTER = 0.2
+DEFAULT_PEER_LOSS_DETECTION = 1.1  # heartbeat.timeout + interval at their defaults
 
 log = logging.getLogger("clever_cluster.fencing")
 
@@ -63,12 +74,15 @@ class DeviceMonitor:
     def __init__(self, levels: Sequence[Sequence[FenceAgent]], identity: IdentityBook, *, own_machine_id: str,
                  peer_machine_id: Callable[[], str | None], peer_heard: Callable[[], bool], peer: str,
                  interval: float = DEFAULT_INTERVAL, last_checked: dict[str, float] | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, peer_loss_detection: float = DEFAULT_PEER_LOSS_DETECTION,
+                 peer_last_heard: Callable[[], float | None] | None = None) -> None:
         self.levels = [list(lvl) for lvl in levels]
         self.identity = identity
         self.own_machine_id = own_machine_id
         self._peer_mid, self._heard, self.peer = peer_machine_id, peer_heard, peer
         self.interval = max(interval, MIN_INTERVAL)
+        self.peer_loss_detection = peer_loss_detection
+        self._last_heard = peer_last_heard  # monotonic (loop) time the peer was last proven alive, or None
         # Shared across reloads (pass the old monitor's dict) so that a reload
         # cannot make a device be polled more than once a minute.
         self.last_checked: dict[str, float] = last_checked if last_checked is not None else {}
@@ -93,6 +107,9 @@ class DeviceMonitor:
                                                peer_heard=self._heard, deadline=deadline)
             except Exception as e:  # noqa: BLE001
                 verdict = IdentityVerdict(agent.name, Trust.UNVERIFIED, f"identity check failed: {error_text(e)}", at=now_wall())
+            read_done = time.monotonic()
+        if verdict.off_while_heard:
+            verdict = await self._settle(verdict, read_done)
         verdict = self.identity.record(verdict)
         if peer_known or verdict.trust is not Trust.UNVERIFIED:
             self._before_peer.discard(agent.name)
@@ -104,6 +121,28 @@ class DeviceMonitor:
         result = DeviceCheck(level, health, verdict)
         self.results[agent.name] = result
         return result
+
+    async def _settle(self, verdict: IdentityVerdict, read_done: float) -> IdentityVerdict:
+        """Wait the peer-loss detection time after an OFF reading taken while the peer was heard, then judge it.
+
+        The device is not trusted meanwhile (a fence in that window would believe its OFF readings).
+        """
+        self.identity.hold(verdict)
+        try:
+            await asyncio.sleep(self.peer_loss_detection)
+        except BaseException:
+            self.identity.release(verdict.device)
+            raise
+        if self._last_heard is not None:
+            # Proof of life after the reading; "heard" alone can outlast a power loss after a loop stall.
+            last = self._last_heard()
+            alive_after = last is not None and last > read_done
+        else:
+            alive_after = self._heard()
+        settled = settle_off_reading(verdict, still_heard=alive_after, waited=round(time.monotonic() - read_done, 1))
+        # Said once per such reading: what the device read and what the heartbeats showed after it.
+        log.warning("fence device %s identity %s: %s", verdict.device, settled.trust.value, settled.message)
+        return settled
 
     def _peer_known(self) -> bool:
         return self._peer_mid() is not None and self._heard()

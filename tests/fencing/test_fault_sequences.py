@@ -489,3 +489,95 @@ async def test_a_peer_that_dies_during_the_identity_check_does_not_disable_its_d
     c = coordinator(tmp_path, [[ipmi]], World())
     c.identity = book
     assert (await asyncio.wait_for(c.fence(req()), 60)).confirmed
+
+
+class SilentAfterPowerLoss:
+    """The heartbeat's view of a peer whose machine lost power: it still counts as heard
+    until a heartbeat timeout after its last datagram, then it is lost."""
+
+    TIMEOUT = 1.0  # below the monitor's default peer-loss detection time (1.1 s)
+
+    def __init__(self) -> None:
+        self.lost_at: float | None = None
+
+    def heard(self) -> bool:
+        return self.lost_at is None or time.monotonic() - self.lost_at < self.TIMEOUT
+
+    def dies_at_first_off_reading(self, agent: Any) -> Any:
+        """The worst case, whatever the machine's load: the last heartbeat arrives just as the
+        device reads the machine OFF, so the peer counts as heard for a whole timeout after it."""
+        read = agent.status
+
+        async def status(deadline: Deadline) -> Any:
+            r = await read(deadline)
+            if r.state is PowerState.OFF and self.lost_at is None:
+                self.lost_at = time.monotonic()
+            return r
+
+        agent.status = status
+        return agent
+
+
+async def assert_refused_without_power_action(tmp_path: Path, agent: Any, book: IdentityBook, bmc: Any) -> None:
+    """A fence of the lost peer with ``agent`` as its only device is refused and sends nothing."""
+    c = coordinator(tmp_path, [[agent]], World())
+    c.identity = book
+    r = await asyncio.wait_for(c.fence(req()), 60)
+    assert not r.confirmed and "power_off" not in bmc.names(), r
+
+
+async def test_an_off_reading_while_a_dying_peer_still_counts_as_heard_is_not_a_lasting_mismatch(bmc_factory, tmp_path: Path) -> None:
+    """The lab's sequence: the standby's daemon restarts (its device check runs at start), the
+    active's machine is powered off through its BMC within the same second. The check reads
+    OFF while the peer still counts as heard (it does for up to heartbeat.timeout): that was
+    a MISMATCH that stuck until a reload, so the standby refused its only fence device for
+    good and never took over. Now: inconclusive, and the fence of the lost peer goes through."""
+    b = bmc_factory("immediate", power="off")
+    peer = SilentAfterPowerLoss()
+    ipmi = peer.dies_at_first_off_reading(ipmi_agent(b.port))
+    book = IdentityBook({ipmi.name: ipmi.describe()}, tmp_path)
+    book.record(IdentityVerdict(ipmi.name, Trust.VERIFIED, "verified before the restart", PEER_UUID, PEER_UUID))
+    m = DeviceMonitor([[ipmi]], book, own_machine_id=OWN_UUID, peer_machine_id=lambda: PEER_UUID, peer_heard=peer.heard, peer="node2")
+    check = await m.check_device(1, ipmi)
+    assert check.identity.trust is Trust.VERIFIED, check.identity  # the earlier proof stands
+    assert not peer.heard(), "the peer must be lost by the time the reading is judged"
+    assert book.trusted(ipmi.name, PEER_UUID)
+    c = coordinator(tmp_path, [[ipmi]], World())
+    c.identity = book
+    r = await asyncio.wait_for(c.fence(req()), 60)
+    assert r.confirmed and r.record is not None and r.record.devices == (ipmi.name,), r
+
+
+async def test_an_off_reading_never_verifies_a_device_that_was_not_verified_before(bmc_factory, tmp_path: Path) -> None:
+    """Same sequence with no earlier proof: the device is not trusted (DESIGN 8 needs an ON
+    reading while the peer is heard), nor disabled: it is unverified, the coordinator refuses
+    it without a power action, and a later check with the peer back can still verify it."""
+    b = bmc_factory("immediate", power="off")
+    peer = SilentAfterPowerLoss()
+    ipmi = peer.dies_at_first_off_reading(ipmi_agent(b.port))
+    book = IdentityBook({ipmi.name: ipmi.describe()}, tmp_path)
+    m = DeviceMonitor([[ipmi]], book, own_machine_id=OWN_UUID, peer_machine_id=lambda: PEER_UUID, peer_heard=peer.heard, peer="node2")
+    check = await m.check_device(1, ipmi)
+    assert check.identity.trust is Trust.UNVERIFIED and "fell silent" in check.identity.message, check.identity
+    assert not book.trusted(ipmi.name, PEER_UUID)
+    await assert_refused_without_power_action(tmp_path, ipmi, book, b)
+    b2 = bmc_factory("immediate")  # the peer is back and its machine reads ON while heard
+    ipmi2 = ipmi_agent(b2.port)
+    peer.lost_at = None
+    assert (await m.check_device(1, ipmi2)).identity.trust is Trust.VERIFIED
+
+
+async def test_a_device_reading_off_while_the_peer_stays_heard_is_still_a_mismatch(bmc_factory, tmp_path: Path) -> None:
+    """The identity check keeps its purpose: a device that reads OFF while the peer goes on
+    sending heartbeats for a whole detection time reads another machine; it is disabled,
+    even if it was verified before, and never used to power anything off."""
+    b = bmc_factory("immediate", power="off")
+    ipmi = ipmi_agent(b.port)
+    book = IdentityBook({ipmi.name: ipmi.describe()}, tmp_path)
+    book.record(IdentityVerdict(ipmi.name, Trust.VERIFIED, "verified earlier", PEER_UUID, PEER_UUID))
+    m = DeviceMonitor([[ipmi]], book, own_machine_id=OWN_UUID, peer_machine_id=lambda: PEER_UUID, peer_heard=lambda: True,
+                      peer="node2", peer_loss_detection=0.3)
+    check = await m.check_device(1, ipmi)
+    assert check.identity.trust is Trust.MISMATCH and "still heard" in check.identity.message, check.identity
+    assert not book.trusted(ipmi.name, PEER_UUID)
+    await assert_refused_without_power_action(tmp_path, ipmi, book, b)

@@ -189,3 +189,63 @@ async def test_a_mismatch_is_logged_once_as_an_error_naming_both_machines(caplog
     msg = errors[0].getMessage()
     assert "bmc" in msg and OTHER_UUID in msg and PEER_UUID in msg and "never used" in msg
     assert errors[0].fields == {"CLEVER_REASON": "fence_device_mismatch", "CLEVER_PEER": "node2"}  # type: ignore[attr-defined]
+
+
+async def test_an_off_reading_is_a_mismatch_only_with_proof_of_life_after_it() -> None:
+    """With the heartbeat's last-heard time, "heard" alone (which a loop stall prolongs
+    past a power loss) does not make an OFF reading a mismatch: a datagram the peer sent
+    after the reading does, even if the peer went silent since."""
+    import time
+
+    dev = FakeAgent("bmc")
+    dev.power = PowerState.OFF
+    last: list[float] = [time.monotonic()]  # the last datagram left before the reading
+    m = monitor([[dev]], peer_loss_detection=0.05, peer_last_heard=lambda: last[0])
+    (c,) = await m.check_all()
+    assert c.identity.trust is Trust.UNVERIFIED and "fell silent" in c.identity.message, c.identity  # heard() is True throughout
+
+    class AliveAfterTheReading(FakeAgent):
+        async def status(self, deadline: Deadline):  # type: ignore[no-untyped-def]
+            r = await super().status(deadline)
+            asyncio.get_running_loop().call_later(0.01, lambda: last.__setitem__(0, time.monotonic()))
+            return r
+
+    dev2 = AliveAfterTheReading("bmc2")
+    dev2.power = PowerState.OFF
+    heard = [True]
+    m2 = DeviceMonitor([[dev2]], IdentityBook({"bmc2": "x"}), own_machine_id=OWN_UUID, peer_machine_id=lambda: PEER_UUID,
+                       peer_heard=lambda: heard[0], peer="node2", peer_loss_detection=0.1, peer_last_heard=lambda: last[0])
+    task = asyncio.create_task(m2.check_device(1, dev2))
+    await asyncio.sleep(0.05)
+    heard[0] = False  # silent by the time the reading is judged: the datagram after it still counts
+    c2 = await task
+    assert c2.identity.trust is Trust.MISMATCH and "still heard" in c2.identity.message, c2.identity
+
+
+async def test_a_device_is_not_trusted_while_its_off_reading_is_being_settled() -> None:
+    """Between the OFF reading and its judgement a fence must not believe that device's
+    OFF readings: it might read another machine. A device verified before gets its
+    trust back when the peer turns out to have fallen silent."""
+    import time
+
+    dev = FakeAgent("bmc")
+    book = IdentityBook({"bmc": dev.describe()})
+    book.record(IdentityVerdict("bmc", Trust.VERIFIED, "verified earlier", PEER_UUID, PEER_UUID))
+    dev.power = PowerState.OFF
+    last = time.monotonic()
+    m = monitor([[dev]], book=book, peer_loss_detection=0.3, peer_last_heard=lambda: last)
+    task = asyncio.create_task(m.check_device(1, dev))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not book.verdict("bmc").off_while_heard and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    assert not task.done() and not book.trusted("bmc", PEER_UUID) and book.verdict("bmc").off_while_heard
+    assert (await task).identity.trust is Trust.VERIFIED and book.trusted("bmc", PEER_UUID)
+    # A check cancelled while settling (a reload) leaves the verdict in force as it was.
+    task = asyncio.create_task(m.check_device(1, dev))
+    while not book.verdict("bmc").off_while_heard and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    assert not book.trusted("bmc", PEER_UUID)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert book.trusted("bmc", PEER_UUID)
