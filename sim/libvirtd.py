@@ -83,7 +83,10 @@ class PrivateLibvirtd:
         self.proc: subprocess.Popen[bytes] | None = None
         self._mntns: int | None = None
         self._base_mntns: int | None = None
-        self._namespaces: set[int] = set()  # of every run, so a killed one's QEMUs are ended too
+        # Mount namespaces of every run, so a killed one's QEMUs are ended too. A namespace's inode
+        # number is reused once the namespace is gone: one with no process left is forgotten at once
+        # (see _forget_dead), or stop() would end whoever got that number next (another test's lab).
+        self._namespaces: set[int] = set()
 
     @property
     def socket(self) -> Path:
@@ -139,6 +142,7 @@ class PrivateLibvirtd:
         """
         if self.proc is not None and self.proc.poll() is None:
             raise LibvirtdError("already running")
+        self._forget_dead()
         self._prepare()
         self._mntns = None
         self._base_mntns = base_mntns if base_mntns is not None else os.stat("/proc/self/ns/mnt").st_ino
@@ -188,15 +192,26 @@ class PrivateLibvirtd:
         return " | ".join(t.strip() for t in texts if t.strip()) or "no output"
 
     def _namespace_pids(self) -> list[int]:
+        return [pid for pid, _ns in self._namespace_members()]
+
+    def _namespace_members(self) -> list[tuple[int, int]]:
         if not self._namespaces:
             return []
-        pids = []
+        members = []
         for entry in os.scandir("/proc"):
             if entry.name.isdigit():
                 with contextlib.suppress(OSError):
-                    if os.stat(f"/proc/{entry.name}/ns/mnt").st_ino in self._namespaces:
-                        pids.append(int(entry.name))
-        return pids
+                    ns = os.stat(f"/proc/{entry.name}/ns/mnt").st_ino
+                    if ns in self._namespaces:
+                        members.append((int(entry.name), ns))
+        return members
+
+    def _forget_dead(self) -> None:
+        """Drop the namespaces no process holds any more: they are gone, and their numbers are free."""
+        alive = {ns for _pid, ns in self._namespace_members()}
+        if self._mntns is not None and self.proc is not None and self.proc.poll() is None:
+            alive.add(self._mntns)
+        self._namespaces &= alive
 
     def stop(self, timeout: float = 15.0) -> None:
         """End libvirtd (TERM, then KILL), then whatever is left in its mount namespace (QEMU)."""
@@ -210,6 +225,7 @@ class PrivateLibvirtd:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+        self._forget_dead()
         for sig in (signal.SIGTERM, signal.SIGKILL):
             pids = self._namespace_pids()
             for pid in pids:
@@ -228,6 +244,7 @@ class PrivateLibvirtd:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+        self._forget_dead()
 
     def info(self) -> dict[str, Any]:
         return {"pid": self.proc.pid if self.proc else None, "socket": str(self.socket), "workdir": str(self.workdir)}
