@@ -35,6 +35,7 @@ BAD: dict[str, tuple[str, ...]] = {
     "split-brain": ("split-brain", "--resolve"),
     "reload": ("reload", "--json"),
     "daemon-restart": ("daemon-restart", "now"),
+    "console-password": ("console-password", "--nosuch"),
 }
 
 

@@ -11,6 +11,7 @@ REPO = Path(__file__).resolve().parents[2]
 DOC = (REPO / "docs" / "operations.md").read_text()
 BLOCK = re.compile(r"<!-- sample (?P<name>[a-z0-9-]+) -->\n```text\n(?P<body>.*?)\n```\n<!-- /sample -->", re.S)
 DRBD_HANDLERS = {"fence-peer", "unfence-peer"}  # run by DRBD, not by operators: docs/drbd.md
+ELSEWHERE = {"console-password": "docs/console.md"}  # interactive, for the web console: shown on its page
 
 
 def samples() -> dict[str, str]:
@@ -28,7 +29,10 @@ def test_every_block_is_filled_with_a_recorded_command() -> None:
 
 def test_every_verb_has_a_sample() -> None:
     shown = {re.match(r"[^#]+# clevervm (\S+)", body).group(1) for body in samples().values()}  # type: ignore[union-attr]
-    assert set(cli.VERBS) - DRBD_HANDLERS <= shown, sorted(set(cli.VERBS) - DRBD_HANDLERS - shown)
+    assert set(cli.VERBS) - DRBD_HANDLERS - set(ELSEWHERE) <= shown, sorted(set(cli.VERBS) - DRBD_HANDLERS - set(ELSEWHERE) - shown)
+    for verb, doc in ELSEWHERE.items():
+        assert f"clevervm {verb}" in (REPO / doc).read_text(), (verb, doc)
+        assert doc in DOC, f"docs/operations.md must point to {doc} for {verb}"
 
 
 def test_the_script_and_the_document_name_the_same_samples() -> None:
