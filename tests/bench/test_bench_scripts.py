@@ -51,7 +51,7 @@ def test_failover_measures_every_phase(tmp_path: Path) -> None:
 
 
 def test_handover_measures_every_phase(tmp_path: Path) -> None:
-    res = run("handover.py", tmp_path)
+    res = run("handover.py", tmp_path, "--no-qemu")
     (s,) = res["samples"]
     assert s["restored"] is True, s  # saved and restored, not cold-booted
     steps = ("save", "ip_down", "umount", "demote", "promote", "mount", "ip_up", "restore")
