@@ -35,6 +35,7 @@ price of that safety on this topology, not a like-for-like race.
 from __future__ import annotations
 
 import argparse
+import random
 import shutil
 import subprocess
 import sys
@@ -102,9 +103,15 @@ class Keepalived:
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
     def start(self, i: int) -> None:
+        old = self.procs.pop(i, None)
+        if old is not None:  # killed with its node: reap it, or keepalived takes the zombie's PID file for a running daemon
+            old.kill()
+            old.wait(10)
         n = self.lab.node(i)
-        d = self.work / f"keepalived-{n.name}"
+        d = self.work / f"keepalived-{self.advert:g}-{n.name}"
         d.mkdir(parents=True, exist_ok=True)
+        for f in ("keepalived.pid", "vrrp.pid"):
+            (d / f).unlink(missing_ok=True)
         conf = d / "keepalived.conf"
         conf.write_text(KEEPALIVED_CONF.format(node=n.name, state="MASTER" if i == 1 else "BACKUP",
                                                priority=200 if i == 1 else 100, advert=f"{self.advert:g}", vip=VIP))
@@ -128,6 +135,7 @@ class Keepalived:
 
 def keepalived_runs(work: Path, advert: float, runs: int) -> list[float]:
     samples = []
+    rng = random.Random(1)
     with lb.lab(work, f"keepalived-{advert:g}", daemons=False) as lab:
         ka = Keepalived(lab, work, advert)
         try:
@@ -136,7 +144,9 @@ def keepalived_runs(work: Path, advert: float, runs: int) -> list[float]:
             master, backup = lab.node(1), lab.node(2)
             for k in range(1, runs + 1):
                 lb.wait_for(lambda: has_vip(master) and not has_vip(backup), 60, "node1 holds the address alone", interval=0.05)
-                time.sleep(3 * advert + 0.5)  # the backup has heard the master's adverts for a while
+                # The backup has heard the master's adverts for a while; the random part puts the power loss at
+                # any phase of the advert cycle (the backup's master-down timer restarts at each advert).
+                time.sleep(3 * advert + 0.5 + rng.uniform(0, advert))
                 watch = AddressWatch(backup.ns)
                 try:
                     t0 = lab.mark(f"advert {advert:g}, run {k}: power off the master")
