@@ -214,14 +214,20 @@ def render_history(h: dict[str, Any]) -> str:
     for d in h.get("decisions", []):
         lines.append(f"  {_ts(d['wall'])} {d['phase']:<11} {d['code']}: {d['sentence']}")
     for t in h.get("timelines", []):
-        lines.append(f"Timeline {t['kind']} started {_ts(t['started_at'])}: {t['outcome']}"
-                     + (f", {t['total_seconds']:.2f} s" if t.get("total_seconds") is not None else ""))
-        for p in t["phases"]:
-            lines.append(f"  {p['from']} -> {p['to']}: {p['seconds']:.3f} s")
-        for s in t["sequences"]:
-            steps = ", ".join(f"{x['action']} {x['step']} {x['seconds']:.2f}s" for x in s["steps"])
-            lines.append(f"  {s['kind']} sequence {s['outcome']}: {steps}")
+        lines += render_timeline(t)
     return "\n".join(lines)
+
+
+def render_timeline(t: dict[str, Any]) -> list[str]:
+    """One failover/handover timeline of ``clevervm history``: its phases and the resource sequences' steps."""
+    lines = [f"Timeline {t['kind']} started {_ts(t['started_at'])}: {t['outcome']}"
+             + (f", {t['total_seconds']:.2f} s" if t.get("total_seconds") is not None else "")]
+    for p in t["phases"]:
+        lines.append(f"  {p['from']} -> {p['to']}: {p['seconds']:.3f} s")
+    for s in t["sequences"]:
+        steps = ", ".join(f"{x['action']} {x['step']} {x['seconds']:.2f}s" for x in s["steps"])
+        lines.append(f"  {s['kind']} sequence {s['outcome']}: {steps}")
+    return lines
 
 
 def render_check(c: dict[str, Any]) -> str:

@@ -115,10 +115,11 @@ class ForcibleDrbd:
 
 class Executor:
     def __init__(self, parts: Parts, forcible: ForcibleDrbd, *, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time, on_fence: Callable[[str, float], None] | None = None) -> None:
         self.p = parts
         self.forcible = forcible
         self.clock, self.wall = clock, wall
+        self.on_fence = on_fence or (lambda result, seconds: None)  # (fencing Outcome value or internal_error, seconds): metrics
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._last_drbd: dict[str, float] = {}
         self._forcestops = 0
@@ -249,6 +250,7 @@ class Executor:
             log.exception("fence of %s failed with an internal error", self.p.peer)
             detail = f"internal error: {e!r}"
         end = self.clock()
+        self.on_fence(report.outcome.value if report is not None else "internal_error", end - now)
         confirmed = report is not None and report.confirmed
         w.attempt = P.FenceAttempt(ep, now, False, end, "" if confirmed else detail)
         if confirmed:

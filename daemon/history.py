@@ -16,13 +16,15 @@ Kinds of timeline, as this node sees them:
   the promote's steps -> active.
 
 Invariants: bounded memory (the last ``keep`` decisions and timelines); all
-times are recorded twice, monotonic for durations and wall clock for people.
+times are recorded twice, monotonic for durations and wall clock for people;
+``on_closed`` is called once per timeline, when it closes (metrics).
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from clever_cluster.policy.reasons import Code
@@ -87,10 +89,11 @@ class Timeline:
 
 
 class History:
-    def __init__(self, keep: int = 200, keep_timelines: int = 20) -> None:
+    def __init__(self, keep: int = 200, keep_timelines: int = 20, on_closed: Callable[[Timeline], None] | None = None) -> None:
         self.decisions: collections.deque[DecisionEntry] = collections.deque(maxlen=keep)
         self.timelines: collections.deque[Timeline] = collections.deque(maxlen=keep_timelines)
         self.counts: collections.Counter[str] = collections.Counter()
+        self.on_closed = on_closed or (lambda t: None)
 
     @property
     def current(self) -> Timeline | None:
@@ -103,6 +106,7 @@ class History:
             return cur
         if cur is not None:
             cur.done, cur.outcome = True, "superseded"
+            self.on_closed(cur)
         t = Timeline(kind)
         self.timelines.append(t)
         return t
@@ -165,6 +169,7 @@ class History:
         cur = self.current
         if cur is not None:
             cur.done, cur.outcome = True, outcome
+            self.on_closed(cur)
 
     def to_json(self, decisions: int = 50) -> dict[str, Any]:
         return {

@@ -61,7 +61,8 @@ class Host(Protocol):
 
 class DecisionLoop:
     def __init__(self, host: Host, state: P.PolicyState, store: DurableStore, executor: Executor, history: History,
-                 notifier: Notifier, changed: asyncio.Event, peer: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+                 notifier: Notifier, changed: asyncio.Event, peer: str, *, clock: Callable[[], float] = time.monotonic,
+                 on_lag: Callable[[float], None] | None = None) -> None:
         self.host = host
         self.state = state
         self.store = store
@@ -71,6 +72,7 @@ class DecisionLoop:
         self.changed = changed
         self.peer = peer
         self.clock = clock
+        self.on_lag = on_lag or (lambda seconds: None)  # every timer wake-up's lateness (metrics histogram)
         self.decision: P.Decision | None = None
         self.facts: P.Facts | None = None
         self.decided_at: float | None = None  # wall clock of the current decision's first cycle
@@ -105,6 +107,8 @@ class DecisionLoop:
             start = self.clock()
             self.loop_lag = max(0.0, start - deadline) if woke_by_timer else 0.0
             self.max_lag = max(self.max_lag, self.loop_lag)
+            if woke_by_timer:
+                self.on_lag(self.loop_lag)
             threshold = self.host.settings.stall_threshold
             if start - last > tick + threshold:
                 self.stalls += 1

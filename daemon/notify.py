@@ -2,14 +2,18 @@
 
 The watchdog ping is sent only by :meth:`Notifier.cycle_done`, which the main
 loop calls after a decision cycle that completed in time; a wedged loop
-therefore stops pinging and systemd restarts the daemon.
+therefore stops pinging and systemd restarts the daemon. A notification
+socket that is gone is logged once and counted, never raised.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
 from systemd import daemon as sd_daemon
+
+log = logging.getLogger(__name__)
 
 
 class Notifier:
@@ -26,10 +30,20 @@ class Notifier:
                 self.watchdog_interval = None
         self._last_ping = float("-inf")
         self._last_status = ""
+        self.send_errors = 0
 
     def _send(self, text: str) -> None:
-        if self.enabled:
+        # systemd's own sd_notify() ignores a socket that is gone (systemd restarted, or the daemon
+        # run by hand with a stale NOTIFY_SOCKET): a notification is never worth the daemon's life.
+        if not self.enabled:
+            return
+        try:
             sd_daemon.notify(text)
+        except OSError as e:
+            self.send_errors += 1
+            if self.send_errors == 1:
+                log.warning("sd_notify to %s failed (%s); further failures are counted, not logged",
+                            os.environ.get("NOTIFY_SOCKET", "?"), e)
 
     def ready(self, status: str) -> None:
         self._last_status = status

@@ -38,6 +38,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from clever_cluster import policy as P
 from clever_cluster.fencing.agent import FenceAgent
 from clever_cluster.fencing.coordinator import FenceCoordinator
@@ -58,19 +60,22 @@ from .executor import Executor, ForcibleDrbd
 from .fence_peer import FencePeerService
 from .fencing_setup import build_levels, build_monitor, build_watchdog, identity_book
 from .gateway import GatewayPinger
-from .heartbeat import Announce, HeartbeatError, HeartbeatService, NodeReport
+from .heartbeat import PROTOCOL_VERSION, Announce, HeartbeatError, HeartbeatService, NodeReport
 from .heartbeat.facts import HEARD, PeerState
 from .heartbeat.keys import KeyProblem
 from .history import History
 from .intentcopy import IntentCopy
 from .loop import DecisionLoop
 from .mapping import LocalIdentity, Snapshot, build_facts, episode_to_fencing, node_report
+from .metrics import Instruments
+from .metrics_http import Endpoint, StatusCollector, StatusSource
 from .notify import Notifier
 from .observe import ImageScanner, MountIpPoller, PeerOffWatcher
 from .resources import assembly
 from .resources.facts import GroupFact, ResourceFailure, RunRecord
 from .resources.saveimage import ImageStore
 from .statefiles import DurableStore, FailCounts, StateError
+from .status import document
 from .world import World
 
 log = logsetup.get("daemon.runtime")
@@ -87,9 +92,11 @@ OUTDATED_OR_WORSE = ("Outdated", "Inconsistent", "Diskless", "Failed")
 
 
 class Runtime:
-    def __init__(self, config_path: Path, cfg: config_mod.Config, notifier: Notifier | None = None) -> None:
+    def __init__(self, config_path: Path, cfg: config_mod.Config, notifier: Notifier | None = None, *,
+                 max_protocol: int = PROTOCOL_VERSION) -> None:
         self.config_path = Path(config_path).resolve()
         self.cfg = cfg
+        self.max_protocol = max_protocol  # below PROTOCOL_VERSION only to act as the previous release (rolling-upgrade tests)
         self.notifier = notifier or Notifier()
         self.started_mono = time.monotonic()
         self.started_wall = time.time()
@@ -271,7 +278,7 @@ class Runtime:
     def _build(self) -> None:
         cfg = self.cfg
         c = cfg.cluster
-        self.heartbeat = HeartbeatService.open(cfg, self.report)  # first: the new incarnation is on disk
+        self.heartbeat = HeartbeatService.open(cfg, self.report, max_version=self.max_protocol)  # first: the new incarnation is on disk
         self.store = DurableStore(c.state_dir)
         durable = self.store.load()
         self.failcounts = FailCounts(c.state_dir)
@@ -292,11 +299,14 @@ class Runtime:
         self.watchdog: SelfFenceGuard | None = build_watchdog(cfg, lambda: self.executor.self_fenced is None)
         self.alerts = AlertDispatcher(cfg.alerts, c.name, c.node, c.peer)
         self.fence_peer = FencePeerService(cfg.drbd.resource, c.peer, self, on_change=self.world.touch)
-        self.history = History()
-        self.executor = Executor(self, self.forcible)
+        self.metrics_registry = CollectorRegistry()
+        self.instruments = Instruments(self.metrics_registry)
+        self.metrics = Endpoint(cfg.metrics.listen, self.metrics_registry)
+        self.history = History(on_closed=self.instruments.timeline_closed)
+        self.executor = Executor(self, self.forcible, on_fence=self.instruments.fence_attempt)
         self.peer_off = PeerOffWatcher(self.world, self._peer_reads_off)
         self.loop = DecisionLoop(self, P.initial_state(durable), self.store, self.executor, self.history, self.notifier,
-                                 self.world.changed, c.peer)
+                                 self.world.changed, c.peer, on_lag=self.instruments.lag)
         from .commands import Commands  # the commands read the runtime; imported late to keep the module graph flat
 
         self.commands = Commands(self)
@@ -344,6 +354,8 @@ class Runtime:
             log.error("cannot open the control socket: %s", e)
             return 1
         cfg = self.cfg
+        self.metrics_registry.register(StatusCollector(StatusSource(asyncio.get_running_loop(), self.metrics_document)))
+        self.metrics.start()  # a listen address that cannot be bound is logged; the daemon runs on without metrics
         await self.heartbeat.start()
         await self.drbd.start()
         self.alerts.start()
@@ -441,6 +453,7 @@ class Runtime:
         holds = self.loop.facts is not None and P.view.holds(self.loop.facts)
         phases: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
             ("stop decision loop", lambda: _cancel(loop_task)),
+            ("stop the metrics endpoint", lambda: asyncio.to_thread(self.metrics.stop)),
             ("stop actions", self.executor.close),
             ("answer waiting fence-peer handlers", _sync(self.fence_peer.close)),
             (f"announce {self.announce.kind} to {self.peer}, stop heartbeats", lambda: self.heartbeat.stop(self.announce)),
@@ -567,6 +580,12 @@ class Runtime:
                 "armed": self.watchdog.armed, "feeding": self.watchdog.feeding, "timeout": self.watchdog.actual_timeout,
                 "problem": self.watchdog_problem, "self_fence": self.executor.self_fenced},
         }
+
+    async def metrics_document(self) -> dict[str, Any]:
+        """What a metrics scrape reads: the status document plus the decision counts of the history."""
+        doc = await document(self)
+        doc["decision_counts"] = dict(self.history.counts)
+        return doc
 
     def fence_records(self) -> list[FenceRecord]:
         return [r for r in self.journal.records() if r.target == self.peer]

@@ -3,7 +3,12 @@
 - Every device is checked at start, after a reload and periodically with
   jitter (default every 5 min ± 20 %), never more often than once a minute
   per device (BMCs have few session slots). A check is ``monitor()`` plus
-  the identity check; it never changes power. A device whose call raises is
+  the identity check; it never changes power.
+- A device left unverified by a check that ran before the peer was heard
+  with its machine id (typically the first check, at start) is checked once
+  more as soon as the peer is heard: otherwise a peer lost within the first
+  interval could never be fenced by it. At most one such extra check per
+  periodic check, so a device is still not polled in a loop. A device whose call raises is
   reported unhealthy and unverified; it never stops the checks of the others.
 - :func:`assess` turns the results into "can this node fence its peer right
   now" and the redundancy sentence shown by ``status``.
@@ -63,9 +68,11 @@ class DeviceMonitor:
         self.last_checked: dict[str, float] = last_checked if last_checked is not None else {}
         self.results: dict[str, DeviceCheck] = {}
         self._rng = rng or random.Random()
+        self._before_peer: set[str] = set()  # unverified by a check that ran while the peer's machine id was unknown
 
     async def check_device(self, level: int, agent: FenceAgent) -> DeviceCheck:
         self.last_checked[agent.name] = time.monotonic()
+        peer_known = self._peer_known()
         # One operation per device at a time: a check never competes with a fence for a BMC's few sessions.
         async with agent.lock:
             deadline = Deadline.after(agent.timeout)
@@ -81,9 +88,23 @@ class DeviceMonitor:
             except Exception as e:  # noqa: BLE001
                 verdict = IdentityVerdict(agent.name, Trust.UNVERIFIED, f"identity check failed: {error_text(e)}", at=now_wall())
         verdict = self.identity.record(verdict)
+        if peer_known or verdict.trust is not Trust.UNVERIFIED:
+            self._before_peer.discard(agent.name)
+        else:
+            self._before_peer.add(agent.name)
         result = DeviceCheck(level, health, verdict)
         self.results[agent.name] = result
         return result
+
+    def _peer_known(self) -> bool:
+        return self._peer_mid() is not None and self._heard()
+
+    async def recheck_now_peer_known(self) -> list[DeviceCheck]:
+        """Check at once each device left unverified by a check made before the peer was heard, if it is heard now."""
+        if not self._before_peer or not self._peer_known():
+            return []
+        return [await self.check_device(li, agent) for li, level in enumerate(self.levels, 1) for agent in level
+                if agent.name in self._before_peer]
 
     async def check_all(self) -> list[DeviceCheck]:
         """Check each device not checked within the last minute (one at a time)."""
@@ -102,13 +123,22 @@ class DeviceMonitor:
     def next_delay(self) -> float:
         return max(MIN_INTERVAL, self.interval * (1 + self._rng.uniform(-JITTER, JITTER)))
 
-    async def run(self, on_results: Callable[[list[DeviceCheck]], None] | None = None) -> None:
-        """Check at once, then periodically with jitter, until cancelled."""
+    async def run(self, on_results: Callable[[list[DeviceCheck]], None] | None = None, poll: float = 1.0) -> None:
+        """Check at once, then periodically with jitter, until cancelled.
+
+        Between the periodic checks, every ``poll`` seconds, a device left
+        unverified because the peer was not heard yet is checked again once it is.
+        """
         while True:
             results = await self.check_all()
             if on_results is not None:
                 on_results(results)
-            await asyncio.sleep(self.next_delay())
+            until = time.monotonic() + self.next_delay()
+            while (left := until - time.monotonic()) > 0:
+                await asyncio.sleep(min(left, poll))
+                rechecked = await self.recheck_now_peer_known()
+                if rechecked and on_results is not None:
+                    on_results(rechecked)
 
     def assess(self) -> Redundancy:
         return assess(self.levels, self.results, self.peer)

@@ -36,6 +36,14 @@ if ((${#missing[@]})); then
     fi
     say "installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # Packages such as prometheus (wanted for promtool only) start their server from the
+    # sysvinit postinst when systemd is not PID 1. A policy-rc.d that denies every start
+    # keeps the machine free of such daemons; one already in place is left alone.
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod 0755 /usr/sbin/policy-rc.d
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 
@@ -32,6 +33,52 @@ async def test_not_heard_leaves_the_device_unverified() -> None:
     m = monitor([[FakeAgent("bmc")]], heard=False)
     (c,) = await m.check_all()
     assert c.identity.trust is Trust.UNVERIFIED and not c.usable
+
+
+async def test_a_device_checked_before_the_peer_was_heard_is_checked_once_more_when_it_is() -> None:
+    # At start the first check can run before the peer's first heartbeat: the identity cannot be
+    # verified then, and a peer lost before the next periodic check could never be fenced.
+    heard = [False]
+    dev = FakeAgent("bmc")
+    book = IdentityBook({"bmc": dev.describe()})
+    m = DeviceMonitor([[dev]], book, own_machine_id=OWN_UUID, peer_machine_id=lambda: PEER_UUID if heard[0] else None,
+                      peer_heard=lambda: heard[0], peer="node2", rng=random.Random(1))
+    (c,) = await m.check_all()
+    assert c.identity.trust is Trust.UNVERIFIED
+    assert await m.recheck_now_peer_known() == []  # still not heard: no check
+    heard[0] = True
+    (c,) = await m.recheck_now_peer_known()
+    assert c.usable and book.trusted("bmc", PEER_UUID)
+    assert await m.recheck_now_peer_known() == [] and dev.calls.count("monitor") == 2  # once, not in a loop
+
+
+async def test_a_device_unverified_while_the_peer_is_heard_is_not_rechecked_early() -> None:
+    dev = FakeAgent("bmc", machine_id="unreachable")
+    m = monitor([[dev]])
+    (c,) = await m.check_all()
+    assert c.identity.trust is Trust.UNVERIFIED and "cannot read the machine id" in c.identity.message
+    assert await m.recheck_now_peer_known() == [] and dev.calls.count("monitor") == 1
+
+
+async def test_the_running_monitor_verifies_the_device_soon_after_the_peer_is_first_heard() -> None:
+    heard = [False]
+    dev = FakeAgent("bmc")
+    m = DeviceMonitor([[dev]], IdentityBook({"bmc": dev.describe()}), own_machine_id=OWN_UUID,
+                      peer_machine_id=lambda: PEER_UUID if heard[0] else None, peer_heard=lambda: heard[0], peer="node2")
+    seen: list[list[str]] = []
+    task = asyncio.create_task(m.run(lambda r: seen.append([c.identity.trust.value for c in r]), poll=0.01))
+    try:
+        while not seen:
+            await asyncio.sleep(0.01)
+        assert seen == [["unverified"]]
+        heard[0] = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while not m.results["bmc"].usable and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        assert m.results["bmc"].usable and seen[-1] == ["verified"]
+    finally:
+        task.cancel()
 
 
 async def test_never_more_often_than_once_a_minute_even_across_reloads() -> None:

@@ -108,6 +108,18 @@ def test_active_powered_off_through_its_bmc_fails_over_with_cold_booted_vms(lab:
     names = [m["name"] for m in fo[-1]["marks"]]
     assert names[:4] == ["peer_lost", "fence_started", "fence_confirmed", "promote_started"], names
     assert all(p["seconds"] >= 0 for p in fo[-1]["phases"])
+    # The survivor's metrics: the confirmed fence, and the failover's phases once its timeline closed (a failover whose
+    # promotion was rolled back is closed by the next timeline: its phases count, its total does not).
+    fenced = 'clever_failover_phase_seconds_count{phase="fence_confirmed"}'
+    wait_for(lambda: survivor.metrics()[fenced] >= 1, 60, "the closed failover timeline in the survivor's histogram", interval=0.2)
+    m = survivor.metrics()
+    done = [t for t in cli_json(survivor, "history")["timelines"]
+            if t["kind"] == "failover" and t["done"] and any(mk["name"] == "fence_confirmed" for mk in t["marks"])]
+    assert m['clever_fence_attempts_total{result="confirmed_off"}'] >= 1
+    assert m['clever_fence_duration_seconds_count{result="confirmed_off"}'] == m['clever_fence_attempts_total{result="confirmed_off"}']
+    assert m[fenced] == len(done) >= 1, done
+    assert m['clever_failover_phase_seconds_count{phase="total"}'] == len([t for t in done if t["outcome"] == "active here"]), done
+    assert m['clever_failover_phase_seconds_sum{phase="fence_confirmed"}'] > 0
     # The fenced node is powered back on (fencing.after = "on") and comes back as the standby.
     wait_code(dead, "no_action_secondary", timeout=90)
     assert survivor.write()["ok"] and acked
