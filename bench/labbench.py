@@ -36,14 +36,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # the lab helpers of tests/runtime (wait_active, cli_json, ...)
-    sys.path.insert(0, str(REPO))
+from clever_cluster.sim.harness import wait_for
+from clever_cluster.sim.nodelab.drive import MANAGED, cli_json, code, holds_all, other, wait_active, wait_code
+from clever_cluster.sim.nodelab.lab import NodeLab, cleanup_stale
+from clever_cluster.sim.nodelab.node import LabNode
 
-from clever_cluster.sim.harness import wait_for  # noqa: E402
-from clever_cluster.sim.nodelab.lab import NodeLab, cleanup_stale  # noqa: E402
-from clever_cluster.sim.nodelab.node import LabNode  # noqa: E402
-from tests.runtime.cluster import MANAGED, cli_json, code, holds_all, other, wait_active, wait_code  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 __all__ = ["MANAGED", "LabNode", "NodeLab", "cli_json", "code", "holds_all", "other", "wait_active", "wait_code", "wait_for"]
 
