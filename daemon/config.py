@@ -224,7 +224,7 @@ WATCHDOG_RESTART_ALLOWANCE = 15.0
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class WatchdogConfig:
-    enabled: bool = opt(False, "Use a local hardware watchdog as a self-fence backstop.")
+    enabled: bool = opt(False, "Use a local hardware watchdog as a self-fence backstop. An active node that lost its peer and every gateway for longer than `gateway.dampen` stops feeding it and resets (DESIGN 4.4).")
     device: Path = opt(Path("/dev/watchdog"), "Watchdog device.")
     timeout: float = opt(60.0, "Watchdog timeout; must outlast a daemon restart (more than 15s) and be at least 2 x `heartbeat.timeout`.", kind="duration", min=5.0, max=600.0)
 

@@ -620,7 +620,7 @@ class Runtime:
 
 def settings_of(cfg: config_mod.Config) -> P.Settings:
     return P.Settings.from_sections(cluster=cfg.cluster, heartbeat=cfg.heartbeat, gateway=cfg.gateway, fencing=cfg.fencing,
-                                    policy=cfg.policy)
+                                    policy=cfg.policy, watchdog_enabled=cfg.watchdog.enabled)
 
 
 def _sync(fn: Callable[[], Any]) -> Callable[[], Awaitable[None]]:

@@ -19,7 +19,7 @@ Invariants:
 from __future__ import annotations
 
 from . import view
-from .actions import DisconnectDrbd, FencePeer, ProbeGateway, Promote, ReconnectDrbd
+from .actions import DisconnectDrbd, FencePeer, ProbeGateway, Promote, ReconnectDrbd, SelfFence
 from .context import Ctx, Outcome
 from .facts import FenceRecord
 from .model import Conn, Disk, Evidence, LossEpisode, Phase, Role
@@ -156,7 +156,15 @@ def peer_gone(c: Ctx) -> Outcome:
             if f.now - fresh.taken_at >= s.retry_backoff:
                 c.vol(probe_requested_at=None)
             c.alert("no_gateway", f"{s.peer} lost and no gateway reachable here: probably isolated; not fencing")
-            return (Phase.PRIMARY if c.held else Phase.FENCING), Code.PEER_LOST_NO_GATEWAY, f"{s.peer} lost, fresh gateway probe at {fresh.taken_at:.2f}: {fresh.reachable if fresh.reachable is not None else 'no data'} reachable; probably isolated, no fence (S7)"
+            why = f"{s.peer} lost, fresh gateway probe at {fresh.taken_at:.2f}: {fresh.reachable if fresh.reachable is not None else 'no data'} reachable; probably isolated, no fence (S7)"
+            if c.held and s.self_fence_when_isolated and f.now - lost_at >= s.gateway_dampen:
+                # DESIGN 4.4: an isolated active keeps its resources (DRBD keeps its writes frozen) and,
+                # with a hardware watchdog, stops feeding it, so that the peer (which can reach the
+                # gateway) may fence or confirm it. Only once the isolation outlasted the gateway
+                # dampening: one lost probe round must not reset the active.
+                c.act(SelfFence(f"isolated: {s.peer} lost and no gateway reachable for {f.now - lost_at:.1f}s"))
+                why += f"; isolated for {f.now - lost_at:.1f}s (dampen {s.gateway_dampen:g}s): the hardware watchdog is no longer fed"
+            return (Phase.PRIMARY if c.held else Phase.FENCING), Code.PEER_LOST_NO_GATEWAY, why
     # probe_requested_at is kept: the same fresh probe still opens the gate if this decision is taken
     # again before the attempt shows in the facts (the action is repeated until it does; the executor
     # ignores a repeat while a fence runs); it goes stale after heartbeat_timeout and a retry re-probes

@@ -78,10 +78,12 @@ class Settings:
     stickiness: bool = True
     migration_threshold: int = 3
     failure_timeout: float = 600.0
+    # DESIGN 4.4: with a hardware watchdog configured, an isolated active stops feeding it (self-fence).
+    self_fence_when_isolated: bool = False
 
     @classmethod
     def from_sections(cls, *, cluster: _Cluster, heartbeat: _Heartbeat, gateway: _Gateway,
-                      fencing: _Fencing, policy: _Policy) -> Settings:
+                      fencing: _Fencing, policy: _Policy, watchdog_enabled: bool = False) -> Settings:
         """Build from the daemon's ``ClusterConfig``, ``HeartbeatConfig``, ``GatewayConfig``,
         ``FencingConfig`` and ``PolicyConfig`` (or any objects with those attributes)."""
         return cls(
@@ -93,6 +95,7 @@ class Settings:
             retry_backoff=fencing.retry_backoff, retry_backoff_max=fencing.retry_backoff_max,
             stall_threshold=policy.stall_threshold, stickiness=policy.stickiness,
             migration_threshold=policy.migration_threshold, failure_timeout=policy.failure_timeout,
+            self_fence_when_isolated=watchdog_enabled,
         )
 
     def retry_wait(self, failures: int) -> float:

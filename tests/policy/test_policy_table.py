@@ -46,9 +46,11 @@ from clever_cluster.policy import (
     Resources,
     ResumeIo,
     Role,
+    SelfFence,
     Sequence,
     SequenceKind,
     SequenceResult,
+    Settings,
     StartVm,
     StopCause,
     StopVm,
@@ -358,3 +360,30 @@ def test_vm_crash_does_not_restart_stale_image_even_if_present() -> None:
     f = facts(resources=Resources(True, True, (Vm("vm1", VmState.CRASHED, StopCause.CRASH, img), VMS_UP[1])))
     d = step(state(), f, S)
     assert any(isinstance(a, StartVm) and a.plan.restore is None for a in d.actions)
+
+
+# DESIGN 4.4: an isolated active stops feeding a configured hardware watchdog, once the isolation
+# outlasted the gateway dampening; never without a watchdog, never on the first lost probe round.
+WATCHDOG = dataclasses.replace(S, self_fence_when_isolated=True)
+ISOLATED = lost(gateway=Gateway(0, FreshProbe(NOW - 0.2, 0)))
+
+
+@pytest.mark.parametrize(("settings", "lost_for", "self_fences"), [
+    (WATCHDOG, S.gateway_dampen + 1, True),
+    (WATCHDOG, S.gateway_dampen - 0.5, False),
+    (S, S.gateway_dampen + 1, False),
+], ids=["watchdog, isolated past the dampening", "watchdog, isolation younger than the dampening", "no watchdog"])
+def test_an_isolated_active_self_fences_only_with_a_watchdog_after_the_dampening(settings: Settings, lost_for: float, self_fences: bool) -> None:
+    st = with_vol(state(episode=EP, episode_boot=BOOT), lost_at=NOW - lost_for, probe_requested_at=NOW - 0.5, fence_not_before=NOW - lost_for)
+    d = step(st, ISOLATED, settings)
+    assert d.reason.code is Code.PEER_LOST_NO_GATEWAY, d.reason
+    assert not any(isinstance(a, FencePeer) for a in d.actions)
+    assert any(isinstance(a, SelfFence) for a in d.actions) is self_fences, d.actions
+    assert ("watchdog is no longer fed" in d.reason.sentence) is self_fences
+
+
+def test_an_isolated_standby_never_self_fences() -> None:
+    st = with_vol(lost_standby, lost_at=NOW - 30, probe_requested_at=NOW - 0.5, fence_not_before=NOW - 30)
+    d = step(st, lost(**standby_lost_facts, gateway=Gateway(0, FreshProbe(NOW - 0.2, 0))), WATCHDOG)
+    assert d.reason.code is Code.PEER_LOST_NO_GATEWAY, d.reason
+    assert not any(isinstance(a, SelfFence) for a in d.actions), (d.reason, d.actions)
