@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from clever_cluster.sim.harness import wait_for
-from clever_cluster.sim.nodelab.drive import MANAGED, cli_json, code, holds_all, other, wait_active, wait_code
+from clever_cluster.sim.nodelab.drive import MANAGED, cli_json, code, devices_verified, holds_all, other, wait_active, wait_code
 from clever_cluster.sim.nodelab.lab import NodeLab, cleanup_stale
 from clever_cluster.sim.nodelab.node import LabNode
 
@@ -97,15 +97,6 @@ def lab(work: Path, name: str, **options: Any) -> Iterator[NodeLab]:
     finally:
         lb.close()
         lb.assert_nothing_left()
-
-
-def devices_verified(n: LabNode) -> bool:
-    """Every fence device of ``n`` has passed its identity check (read ON while the peer was heard)."""
-    try:
-        devs = n.status()["fencing"]["devices"]
-    except Exception:  # noqa: BLE001 - not answering: not verified
-        return False
-    return bool(devs) and all(d["identity"] == "verified" for d in devs)
 
 
 def steady(lb: NodeLab, timeout: float = 120.0) -> tuple[LabNode, LabNode]:

@@ -116,3 +116,20 @@ def wait_timeline(n: LabNode, kind: str, *, since: float = 0.0, outcome: str | N
     t = wait_for(got, timeout, f"a {kind} timeline on {n.name} that ended {outcome or 'at all'}", interval=0.2)
     assert t is not None
     return t
+
+
+def devices_verified(n: LabNode) -> bool:
+    """Every fence device of ``n`` has passed its identity check (read ON while the peer was heard).
+
+    A device can only be verified while its machine runs: a test that powers the peer off before its
+    survivor verified the device tests "fencing refused, the operator confirms" instead of a failover.
+    """
+    try:
+        devs = n.status()["fencing"]["devices"]
+    except Exception:  # noqa: BLE001 - not answering: not verified
+        return False
+    return bool(devs) and all(d["identity"] == "verified" for d in devs)
+
+
+def wait_devices_verified(n: LabNode, timeout: float = 60.0) -> None:
+    wait_for(lambda: devices_verified(n), timeout, f"{n.name}'s fence devices verified", interval=0.2)

@@ -14,6 +14,7 @@ replication link cut, maintenance.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -300,7 +301,8 @@ def test_fence_device_of_the_wrong_machine_is_refused_and_never_used(make_nodela
 
     dev = wait_for(refused, 60, "node2's daemon to refuse the miswired device", interval=0.2)
     assert dev is not None and dev["usable"] is False, dev
-    assert f"{dev['name']}: NOT USABLE" in checker.cli("status").stdout
+    text = checker.cli("status").stdout
+    assert re.search(rf"level 1 {re.escape(dev['name'])} \(.*\): NOT USABLE .*identity mismatch", text), text
     r = checker.cli("check", "--json")
     assert r.returncode == 1, r.stdout
     assert wrong in r.stdout and "machine id" in r.stdout, r.stdout

@@ -14,6 +14,7 @@ import pytest
 
 from clever_cluster.daemon.decisionlog import message_id
 from clever_cluster.sim.harness import wait_for
+from clever_cluster.sim.nodelab.drive import wait_devices_verified
 from clever_cluster.sim.nodelab.lab import NodeLab
 
 from .cluster import (
@@ -91,6 +92,7 @@ def test_active_powered_off_through_its_bmc_fails_over_with_cold_booted_vms(lab:
     dead = wait_active(lab)
     survivor = other(lab, dead)
     wait_code(survivor, "no_action_secondary")
+    wait_devices_verified(survivor)  # a device is verified only while its machine runs
     acked = [dead.write()["id"] for _ in range(3)]
     start = lab.mark("power off the active through its BMC")
     r = lab.ipmi(survivor.index, dead.index, "chassis", "power", "off")
