@@ -117,11 +117,24 @@ def peer_gone(c: Ctx) -> Outcome:
             c.wait_until(retry_at)
             return Phase.FENCING, Code.FENCE_FAILED_RETRYING, f"fence of {s.peer} failed {f.fencing.failures}x ({att.detail}); retry at {retry_at:.2f}; frozen; {way_out}"
     returned = _void_record(c, ep)
+    if returned is not None and f.drbd.connection is not Conn.CONNECTED:
+        # The peer came back (DRBD connected after the record) and is gone again before its daemon was
+        # ever heard: a new loss. A new episode needs its own fence (the coordinator answers an
+        # episode that has a record with that record, which proves nothing now); the usual delay,
+        # S7 probe and fence follow from the next decision.
+        n = c.d.episode_counter + 1
+        c.upd(episode_counter=n, episode=LossEpisode(ep.peer, ep.peer_incarnation, ep.peer_boot_id, n), episode_boot=f.local.boot_id)
+        c.vol(lost_at=f.now, fence_not_before=None, probe_requested_at=None)
+        c.alert("fenced_peer_returned", f"{s.peer} came back after its fence and is gone again: a new loss episode")
+        return _phase_when_waiting(c), Code.FENCED_PEER_RETURNED, (
+            f"{s.peer} was confirmed off at {returned.confirmed_at:.2f} ({ep}), came back (DRBD connected at "
+            f"{f.drbd.connected_since:.2f}) and is gone again before its daemon was heard: new loss episode {n}")
     if returned is not None:
         # The episode's fence was confirmed, then DRBD talked to the peer again (powered back on,
         # `fencing.after = "on"`): the record no longer proves it off, and the coordinator would only
         # answer a new FencePeer with that same record. Its new boot is passive until it hears us (S4):
-        # wait for it (the episode closes then) rather than fence in a loop or promote without evidence.
+        # while DRBD stays connected to it, wait for its daemon (the episode closes then) rather than
+        # fence in a loop or promote without evidence.
         c.alert("fenced_peer_returned", f"{s.peer} was confirmed off at {returned.confirmed_at:.2f} and is back; waiting for its daemon")
         return _phase_when_waiting(c), Code.FENCED_PEER_RETURNED, (
             f"{s.peer} was confirmed off at {returned.confirmed_at:.2f} ({ep}) but DRBD connected to it at {f.drbd.connected_since:.2f}: "
@@ -157,7 +170,9 @@ def peer_gone(c: Ctx) -> Outcome:
                 c.vol(probe_requested_at=None)
             c.alert("no_gateway", f"{s.peer} lost and no gateway reachable here: probably isolated; not fencing")
             why = f"{s.peer} lost, fresh gateway probe at {fresh.taken_at:.2f}: {fresh.reachable if fresh.reachable is not None else 'no data'} reachable; probably isolated, no fence (S7)"
-            if c.held and s.self_fence_when_isolated and f.now - lost_at >= s.gateway_dampen:
+            # Isolated means: the dampened score reads 0 (no gateway for a full `dampen`), the fresh probe
+            # failed too, and the peer has been lost for `dampen`; one lost probe round is not enough.
+            if c.held and s.self_fence_when_isolated and f.gateway.score == 0 and f.now - lost_at >= s.gateway_dampen:
                 # DESIGN 4.4: an isolated active keeps its resources (DRBD keeps its writes frozen) and,
                 # with a hardware watchdog, stops feeding it, so that the peer (which can reach the
                 # gateway) may fence or confirm it. Only once the isolation outlasted the gateway
