@@ -187,7 +187,7 @@ class IdentityBook:
     def _facts(self) -> dict[str, tuple[object, ...]]:
         """What the file must hold: the verified devices and what they were verified against."""
         return {n: (self._describe.get(n), v.reported, v.peer_machine_id)
-                for n, v in self._verdicts.items() if v.trust is Trust.VERIFIED}
+                for n, v in self._verdicts.items() if v.trust is Trust.VERIFIED and n not in self._held}
 
     def _save(self) -> None:
         facts = self._facts()
@@ -195,7 +195,7 @@ class IdentityBook:
             return  # a re-verification changes nothing on disk: no write, no fsync on the event loop
         data = {n: {"trust": v.trust.value, "describe": self._describe.get(n), "reported": v.reported,
                     "peer_machine_id": v.peer_machine_id, "message": v.message, "at": v.at}
-                for n, v in self._verdicts.items() if v.trust is Trust.VERIFIED}
+                for n, v in self._verdicts.items() if v.trust is Trust.VERIFIED and n not in self._held}
         try:
             atomic_write(self._path, (json.dumps(data, sort_keys=True, indent=1) + "\n").encode())
         except OSError as e:
@@ -206,8 +206,13 @@ class IdentityBook:
         self._saved = facts
 
     def hold(self, verdict: IdentityVerdict) -> None:
-        """Distrust the device until :meth:`record` (or :meth:`release`) folds in how ``verdict`` was settled."""
+        """Distrust the device until :meth:`record` (or :meth:`release`) folds in how ``verdict`` was settled.
+
+        The file forgets the device's verification meanwhile: a book built by a reload or a restart
+        during the settling (which cancels it) must not trust a device whose last reading was
+        inconclusive; it is trusted again once a check verifies it."""
         self._held[verdict.device] = verdict
+        self._save()
 
     def release(self, device: str) -> None:
         """End a hold whose settling was abandoned (the check was cancelled): the verdict in force stands."""
@@ -220,6 +225,7 @@ class IdentityBook:
         if old is not None and old.trust is Trust.MISMATCH:
             return old  # disabled until the configuration changes
         if verdict.trust is Trust.UNVERIFIED and old is not None and old.trust is Trust.VERIFIED:
+            self._save()  # back in the file if a hold had taken it out
             return old
         self._verdicts[verdict.device] = verdict
         if verdict.trust is Trust.VERIFIED or (old is not None and old.trust is Trust.VERIFIED):

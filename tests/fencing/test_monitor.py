@@ -249,3 +249,20 @@ async def test_a_device_is_not_trusted_while_its_off_reading_is_being_settled() 
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert book.trusted("bmc", PEER_UUID)
+
+
+def test_a_reload_during_the_settling_of_an_off_reading_does_not_trust_the_device(tmp_path: Path) -> None:
+    """Red team: a device verified earlier reads OFF while the peer is heard (recabled to another,
+    powered-off machine?); a reload cancels the settling and builds a new book from the file. That
+    book must not trust the device until a check verifies it again."""
+    describe = {"bmc": "ipmi 10.0.0.9:623"}
+    book = IdentityBook(describe, tmp_path)
+    book.record(IdentityVerdict("bmc", Trust.VERIFIED, "verified", PEER_UUID, PEER_UUID))
+    assert IdentityBook(describe, tmp_path).trusted("bmc", PEER_UUID)
+    book.hold(IdentityVerdict("bmc", Trust.UNVERIFIED, "read OFF while heard", PEER_UUID, PEER_UUID, off_while_heard=True))
+    book.release("bmc")  # the check was cancelled by the reload
+    assert not IdentityBook(describe, tmp_path).trusted("bmc", PEER_UUID)
+    # Settled as a power loss ("fell silent") in a book that lived on: the verification is written back.
+    book.hold(IdentityVerdict("bmc", Trust.UNVERIFIED, "read OFF while heard", PEER_UUID, PEER_UUID, off_while_heard=True))
+    book.record(IdentityVerdict("bmc", Trust.UNVERIFIED, "fell silent", PEER_UUID, PEER_UUID))
+    assert IdentityBook(describe, tmp_path).trusted("bmc", PEER_UUID)
