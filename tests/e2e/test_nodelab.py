@@ -290,7 +290,9 @@ def test_network_faults_cut_what_they_say(make_nodelab: Callable[..., NodeLab]) 
     lab.net.bursts(("hb0", "hb1"), length=0.05, gap=0.05, count=3).wait(10)
     cuts = [r.value for r in lab.records() if r.kind == "fault" and r.value in ("cut hb0", "heal hb0")]
     assert cuts == ["cut hb0", "heal hb0"] * 3
-    assert _udp_gets_through(lab, 1, 2, hb1) == 20
+    # Everything healed carries traffic again (the neighbour entry that failed while hb1 was down is
+    # resolved anew first: on a loaded machine the first round can miss it).
+    wait_for(lambda: _udp_gets_through(lab, 1, 2, hb1) == 20, 10, "hb1 to carry all 20 datagrams again")
 
 
 def test_close_leaves_nothing_even_after_a_failure(tmp_path: Path) -> None:

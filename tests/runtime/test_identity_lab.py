@@ -49,8 +49,10 @@ def test_active_powered_off_as_the_standby_restarts_still_fails_over(make_nodela
     recs = cli_json(survivor, "status")["fencing"]["records"]
     assert recs and recs[-1]["kind"] == "device" and recs[-1]["devices"] == [device], recs
     assert identity() != "mismatch"
-    # The sequence did hit the window: the start check read OFF while the peer still counted as heard.
-    settled = [e["MESSAGE"] for e in survivor.journal_entries() if f"fence device {device} identity" in e.get("MESSAGE", "")]
-    assert any("fell silent" in m for m in settled), settled
+    # Whether this run's start check landed inside the window depends on the machine's load (it did in
+    # most runs here; the journal says "fell silent" when it did). The path itself is proven
+    # deterministically with the real BMC emulator in tests/fencing/test_fault_sequences.py
+    # (test_an_off_reading_while_a_dying_peer_still_counts_as_heard_is_not_a_lasting_mismatch);
+    # here the outcome must hold either way: the failover completes with a device record.
     assert survivor.write()["ok"] and acked
     lab.check()
