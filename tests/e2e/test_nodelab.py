@@ -313,7 +313,10 @@ def test_close_leaves_nothing_even_after_a_failure(tmp_path: Path) -> None:
     kept = tmp_path / "logs"
     assert (kept / "node1" / "config.toml").exists() and (kept / "transitions" / "harness.jsonl").exists()
     recs = tr.load(kept / "transitions")
-    assert of(recs, "node1", "mount", "unmounted")[-1].get("reason") == "mount namespace gone"
+    # The mount's interval is closed in the log: by the holder's death ("mount namespace gone") or, when
+    # the watcher's scan sees the mount table change first while the namespace dies, by that scan.
+    assert of(recs, "node1", "mount", "unmounted")[-1].get("reason") in ("mount namespace gone", None)
+    assert all(i.end is not None for i in tr.intervals(recs) if i.kind == "mount")
     assert json.loads((kept / "transitions" / "harness.jsonl").read_text().splitlines()[-1])["value"] == "closed"
 
 
